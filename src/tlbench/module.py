@@ -1,0 +1,253 @@
+"""The LightningModule: a pretrained backbone adapted to the task, trained under one strategy.
+
+It is built from plain values (names and numbers, no Hydra objects) and saves them, so a checkpoint
+reloads anywhere with `TransferModule.load_from_checkpoint(path)` — no Hydra, no config files, and no
+download: the saved hyper-parameters point at random init because the checkpoint holds the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryRecall,
+    BinarySpecificity,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+)
+
+from tlbench.backbones import build_backbone
+from tlbench.strategies import (
+    BN_POLICIES,
+    GradualUnfreezing,
+    StrategyError,
+    build_optimizer,
+    build_scheduler,
+    count_parameters,
+    initial_trainable_stages,
+    parameter_groups,
+    set_frozen_batchnorm_eval,
+    set_trainable,
+    stage_learning_rates,
+)
+
+DEFAULT_STRATEGY = {
+    "name": "freeze",
+    "train_stages": None,
+    "bn": "eval",
+    "head_lr": 1e-3,
+    "backbone_lr": 1e-4,
+    "layer_decay": None,
+    "unfreeze_every": 1,
+    "train_input_conv": True,
+}
+DEFAULT_OPTIM = {
+    "name": "adamw",
+    "weight_decay": 1e-4,
+    "momentum": 0.9,
+    "scheduler": "cosine",
+    "warmup_epochs": 0.0,
+    "step_epochs": 7,
+    "gamma": 0.1,
+    "label_smoothing": 0.0,
+}
+
+
+def with_defaults(values: dict | None, defaults: dict, key: str) -> dict:
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise StrategyError(f"unknown {key} setting(s) {unknown}; valid: {', '.join(defaults)}")
+    return {**defaults, **values}
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+    }
+    if num_classes >= 10:
+        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics)
+
+
+def binary_metrics() -> MetricCollection:
+    """For two classes: the numbers a clinician asks for, with `positive_class` as "positive"."""
+    return MetricCollection(
+        {"auroc": BinaryAUROC(), "sensitivity": BinaryRecall(), "specificity": BinarySpecificity()}
+    )
+
+
+class TransferModule(L.LightningModule):
+    def __init__(
+        self,
+        backbone: dict,
+        num_classes: int,
+        in_chans: int = 3,
+        strategy: dict | None = None,
+        optim: dict | None = None,
+        class_names: list[str] | None = None,
+        positive_class: int = 1,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.strategy = with_defaults(strategy, DEFAULT_STRATEGY, "strategy")
+        self.optim = with_defaults(optim, DEFAULT_OPTIM, "optim")
+        if self.strategy["bn"] not in BN_POLICIES:
+            raise StrategyError(f"strategy.bn must be one of {BN_POLICIES}, got {self.strategy['bn']!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+
+        built = build_backbone(num_classes=num_classes, in_chans=in_chans, **backbone)
+        self.net = built.net
+        self.stages = built.stages
+        self.preset = built.preset
+        self.input_conv = built.input_conv
+        self.trainable_stages: list[str] = []
+        self.set_trainable_stages(self.trainable_stages_at(epoch=0))
+
+        self.num_classes = num_classes
+        self.positive_class = positive_class
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
+        self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
+        self.val_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        if num_classes == 2:
+            self.val_binary = binary_metrics().clone(prefix="val/")
+            self.test_binary = binary_metrics().clone(prefix="test/")
+        self.test_per_class_result: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------ strategy state
+    @property
+    def extra_trainable(self) -> list[str]:
+        """An input conv adapted to 1 channel is new to the network, so it trains unless told not to."""
+        if self.input_conv and self.strategy["train_input_conv"] and self.strategy["name"] != "freeze":
+            return [self.input_conv]
+        return []
+
+    def trainable_stages_at(self, epoch: int) -> list[str]:
+        s = self.strategy
+        stages = initial_trainable_stages(self.stages, s["name"], s["train_stages"])
+        if s["name"] != "gradual":
+            return stages
+        backbone = [name for name, _ in self.stages if name != "head"]
+        frozen_from_top = [name for name in reversed(backbone) if name not in stages]
+        extra = frozen_from_top[: epoch // s["unfreeze_every"]]
+        return [name for name in backbone if name in stages or name in extra] + ["head"]
+
+    def set_trainable_stages(self, names: list[str]) -> None:
+        self.trainable_stages = list(names)
+        set_trainable(self.net, self.stages, self.trainable_stages, self.extra_trainable)
+        if self.training:
+            self.apply_bn_policy()
+
+    def apply_bn_policy(self) -> None:
+        if self.strategy["bn"] == "eval":
+            set_frozen_batchnorm_eval(self.net)
+
+    def train(self, mode: bool = True):
+        # Lightning switches the whole module to train mode each epoch; frozen BatchNorm must stay in eval.
+        super().train(mode)
+        if mode:
+            self.apply_bn_policy()
+        return self
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable, total = count_parameters(self.net)
+        return {"trainable_params": trainable, "total_params": total}
+
+    # ----------------------------------------------------------------------------------------- steps
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device.type == "cuda":
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(self.prepare_images(images))
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.optim["label_smoothing"])
+        self.train_acc(logits, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def evaluate(self, batch, stage: str) -> None:
+        images, targets = batch
+        logits = self(self.prepare_images(images))
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=stage == "val", batch_size=len(targets))
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits, targets)
+        getattr(self, f"{stage}_per_class").update(logits, targets)
+        if self.num_classes == 2:
+            positive_prob = logits.float().softmax(dim=1)[:, self.positive_class]
+            getattr(self, f"{stage}_binary").update(positive_prob, (targets == self.positive_class).long())
+
+    def log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        collections = [getattr(self, f"{stage}_metrics")]
+        if self.num_classes == 2:
+            collections.append(getattr(self, f"{stage}_binary"))
+        for collection in collections:
+            values = collection.compute()
+            self.log_dict(values, prog_bar=stage == "val")
+            collection.reset()
+        per_class_metric = getattr(self, f"{stage}_per_class")
+        per_class = dict(zip(self.class_names, per_class_metric.compute().tolist()))
+        per_class_metric.reset()
+        self.log_dict({f"{stage}/acc_class/{name}": value for name, value in per_class.items()})
+        return per_class
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_per_class_result = self.log_epoch_metrics("test")
+
+    # ------------------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self) -> Any:
+        s, o = self.strategy, self.optim
+        rates = stage_learning_rates(self.stages, s["head_lr"], s["backbone_lr"], s["layer_decay"])
+        # Gradual unfreezing needs every stage's group from the start (see GradualUnfreezing).
+        include = [n for n, _ in self.stages] if s["name"] == "gradual" else self.trainable_stages
+        groups = parameter_groups(self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable)
+        optimizer = build_optimizer(groups, o["name"], o["momentum"])
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        scheduler = build_scheduler(
+            optimizer, o["scheduler"], total_steps, steps_per_epoch, o["warmup_epochs"], o["step_epochs"], o["gamma"]
+        )
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        if self.strategy["name"] == "gradual":
+            return [GradualUnfreezing(self.strategy["unfreeze_every"])]
+        return []
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            self.net.to(memory_format=torch.channels_last)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The checkpoint carries the trained weights, so reloading must not fetch pretrained ones again.
+        hparams = copy.deepcopy(dict(checkpoint.get("hyper_parameters", {})))
+        if "backbone" in hparams:
+            hparams["backbone"] = {**hparams["backbone"], "weights": None, "checkpoint": None}
+        checkpoint["hyper_parameters"] = hparams

@@ -1,0 +1,92 @@
+"""What a run leaves behind: `results.json` (written last, atomically: its presence means the run
+finished) and the cost measurements that go in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+RESULTS_FILE = "results.json"
+VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
+
+
+class RunCost(L.Callback):
+    """Train images per second (data loading included, validation excluded) and peak memory."""
+
+    def __init__(self) -> None:
+        self.train_images = 0
+        self.train_seconds = 0.0
+        self.epoch_start = 0.0
+        self.epoch_elapsed = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_start = time.perf_counter()
+        self.epoch_elapsed = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_images += len(batch[1])
+        self.epoch_elapsed = time.perf_counter() - self.epoch_start
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.train_seconds += self.epoch_elapsed
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.train_images / self.train_seconds if self.train_seconds > 0 else None
+
+
+def peak_memory() -> dict[str, Any]:
+    """GPU: the most memory tensors held; CPU: the process's peak resident set (Linux reports KiB)."""
+    if torch.cuda.is_available():
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "peak_memory_kind": "cuda_allocated"}
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
+    return {"peak_memory_mb": kib * scale, "peak_memory_kind": "cpu_max_rss"}
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write to a temporary file and rename: a reader never sees half a file, a crash never leaves one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_results(run_dir: str | Path) -> dict | None:
+    """The run's results if it finished, else None (missing, unreadable or incomplete file)."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and results.get("status") == "complete" else None

@@ -1,0 +1,240 @@
+"""The Hydra entry point: compose the config → data → backbone + strategy (module) → trainer → fit →
+test on the best checkpoint → results.json.
+
+    python -m tlbench.train strategy=partial backbone=resnet152
+    python -m tlbench.train -m strategy=freeze,partial,full backbone=resnet18,resnet50 seed=0,1,2
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from tlbench.backbones import get_preset
+from tlbench.data import ImageDataModule
+from tlbench.module import TransferModule
+from tlbench.results import (
+    RESULTS_FILE,
+    RunCost,
+    device_name,
+    peak_memory,
+    read_results,
+    versions,
+    write_json_atomic,
+)
+
+log = logging.getLogger("tlbench")
+
+LOGGERS = ("tensorboard", "csv", "none")
+# Keys of the data config that are not DataModule arguments.
+DATA_ONLY_FOR_MODULE = ("positive_class",)
+
+
+def plain(node: Any) -> Any:
+    """Hydra nodes → plain Python values: what the module saves must reload without Hydra."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def resolve_precision(precision: str | None) -> str:
+    if precision not in (None, "auto"):
+        return str(precision)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path) -> ImageDataModule:
+    data = {k: v for k, v in plain(cfg.data).items() if k not in DATA_ONLY_FOR_MODULE}
+    preset = get_preset(cfg.backbone.name, cfg.backbone.weights, data["in_chans"])
+    return ImageDataModule(preset=preset, seed=cfg.seed, run_dir=str(run_dir), **data)
+
+
+def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule:
+    return TransferModule(
+        backbone=plain(cfg.backbone),
+        num_classes=datamodule.num_classes,
+        in_chans=cfg.data.in_chans,
+        strategy=plain(cfg.strategy),
+        optim=plain(cfg.optim),
+        class_names=datamodule.classes,
+        positive_class=cfg.data.positive_class,
+    )
+
+
+def build_logger(name: str, run_dir: Path):
+    if name == "tensorboard":
+        return TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    if name == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    if name == "none":
+        return False
+    raise ValueError(f"unknown logger.name {name!r}; choose one of: {', '.join(LOGGERS)}")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trainer, ModelCheckpoint]:
+    options = plain(cfg.trainer)
+    monitor = options.pop("monitor")
+    options["precision"] = resolve_precision(options.get("precision"))
+    logger = build_logger(cfg.logger.name, run_dir)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode="min" if monitor.endswith("loss") else "max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    callbacks = [checkpoint, cost]
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
+    return trainer, checkpoint
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """The handful of values a comparison groups by (report tables, TensorBoard HParams)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return {
+        "data": cfg.data.source if cfg.data.source != "imagefolder" else Path(str(cfg.data.root)).name,
+        "backbone": cfg.backbone.name,
+        "backbone_config": choices.get("backbone"),
+        "strategy": cfg.strategy.name,
+        "seed": cfg.seed,
+        "per_class": cfg.data.per_class,
+        "in_chans": cfg.data.in_chans,
+        "image_size": cfg.data.image_size,
+        "epochs": cfg.trainer.max_epochs,
+        "head_lr": cfg.strategy.head_lr,
+        "backbone_lr": cfg.strategy.backbone_lr,
+    }
+
+
+def log_hparams(trainer: L.Trainer, params: dict, metrics: dict[str, float]) -> None:
+    """One HParams entry per run, with its final metrics, so TensorBoard compares runs side by side."""
+    if isinstance(trainer.logger, TensorBoardLogger):
+        hparams = {k: ("null" if v is None else v) for k, v in params.items()}
+        trainer.logger.log_hyperparams(hparams, {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """One run from config to results.json; returns the results."""
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg, run_dir)
+    datamodule.setup()
+    sizes = datamodule.split_sizes()
+    log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
+
+    module = build_module(cfg, datamodule)
+    counts = module.parameter_counts()
+    log.info(
+        "%s / %s: %s of %s parameters train (stages: %s)",
+        cfg.backbone.name,
+        cfg.strategy.name,
+        f"{counts['trainable_params']:,}",
+        f"{counts['total_params']:,}",
+        ", ".join(module.trainable_stages),
+    )
+
+    cost = RunCost()
+    trainer, checkpoint = build_trainer(cfg, run_dir, cost)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+
+    best = checkpoint.best_model_path or None
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    params = describe(cfg)
+    results = {
+        "status": "complete",
+        "run_dir": str(run_dir),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "params": params,
+        "metrics": metrics,
+        "per_class_acc": module.test_per_class_result,
+        "classes": datamodule.classes,
+        "split_sizes": sizes,
+        "test_split": datamodule.data.test_split,
+        "wall_time_s": time.perf_counter() - started,
+        "train_images_per_s": cost.images_per_second,
+        **peak_memory(),
+        **module.parameter_counts(),
+        "trainable_stages": module.trainable_stages,
+        "bad_images": sorted(datamodule.bad_images),
+        "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "precision": str(trainer.precision),
+        "device": device_name(),
+        "versions": versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    log_hparams(trainer, params, {k: v for k, v in metrics.items() if k.startswith("test/") and "class" not in k})
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results
+
+
+def summary_line(results: dict) -> str:
+    m = results["metrics"]
+    parts = [f"test acc {m.get('test/acc', float('nan')):.4f}", f"macro-F1 {m.get('test/f1_macro', float('nan')):.4f}"]
+    if "test/auroc" in m:
+        parts.append(f"AUROC {m['test/auroc']:.4f}")
+    speed = results.get("train_images_per_s")
+    parts.append(f"{results['wall_time_s']:.0f} s" + (f", {speed:.0f} train img/s" if speed else ""))
+    return " | ".join(parts) + f"\nrun folder: {results['run_dir']}"
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    (run_dir / "error.txt").write_text(text)
+
+
+# Errors whose message already tells the user what to do: printed without a traceback.
+def is_user_error(error: BaseException) -> bool:
+    return isinstance(error, (ValueError, FileNotFoundError, ImportError)) or type(error).__name__.endswith(
+        "UnavailableError"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    done = None if cfg.force else read_results(run_dir)
+    if done is not None:
+        log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
+        return done["metrics"].get("test/acc")
+    try:
+        results = train(cfg, run_dir)
+    except Exception as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
+        record_failure(run_dir, error)
+        if multirun:
+            log.error("run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt")
+            return None
+        if is_user_error(error):
+            print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
+            sys.exit(1)
+        raise
+    print("\n" + summary_line(results))
+    return results["metrics"].get("test/acc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Shared test helpers: generated image folders (so tests never depend on downloads) and ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+# Distinct colours per class, so a small network can actually learn the generated data.
+CLASS_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40)]
+
+
+def write_images(folder: Path, colour, count: int, size=(40, 32), seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        noise = rng.integers(-30, 30, size=(size[1], size[0], 3))
+        pixels = np.clip(np.asarray(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+        path = folder / f"img_{i:03d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def make_image_folder(
+    root: Path, classes=("cat", "dog"), per_split: dict[str, int] | None = None, size=(40, 32)
+) -> Path:
+    """<root>/<split>/<class>/img_NNN.jpg; per_split=None writes a single folder of classes (no splits)."""
+    for c, name in enumerate(classes):
+        if per_split is None:
+            write_images(root / name, CLASS_COLOURS[c % 4], 10, size, seed=c)
+        else:
+            for s, (split, count) in enumerate(per_split.items()):
+                write_images(root / split / name, CLASS_COLOURS[c % 4], count, size, seed=10 * c + s)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images", per_split={"train": 12, "val": 4})
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not found (the real-image tests need ../shared/data beside the repo)")
+    return path

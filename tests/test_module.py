@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tlbench.module import TransferModule
+from tlbench.strategies import StrategyError, in_prefix
+
+# Every family tlbench ships a config for; random init except Lite0, whose weights come from pip.
+FAMILIES = {
+    "resnet18": None,
+    "vgg16": None,
+    "efficientnet_b0": None,
+    "mobilenet_v3_large": None,
+    "convnext_tiny": None,
+    "vit_b_16": None,
+    "efficientnet_lite0": "imagenet",
+    "timm/resnet18": None,
+}
+
+
+def module(name="resnet18", weights=None, strategy="freeze", num_classes=3, in_chans=3, **strategy_options):
+    return TransferModule(
+        backbone={"name": name, "weights": weights, "checkpoint": None, "in_chans_mode": "sum"},
+        num_classes=num_classes,
+        in_chans=in_chans,
+        strategy={"name": strategy, **strategy_options},
+    )
+
+
+def trained_stages(m: TransferModule) -> set[str]:
+    """Which stages have parameters that train — and check no stage trains only in part."""
+    stages = set()
+    for stage, prefixes in m.stages:
+        flags = {p.requires_grad for n, p in m.net.named_parameters() if any(in_prefix(n, x) for x in prefixes)}
+        assert len(flags) == 1, f"stage {stage} trains only in part"
+        if flags == {True}:
+            stages.add(stage)
+    return stages
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    return request.param, FAMILIES[request.param]
+
+
+def test_each_strategy_trains_exactly_its_stages(family):
+    name, weights = family
+    m = module(name, weights, "freeze")
+    backbone = [s for s, _ in m.stages if s != "head"]
+    expected = {
+        ("freeze", None): {"head"},
+        ("partial", None): {backbone[-1], "head"},
+        ("partial", 2): {backbone[-2], backbone[-1], "head"},
+        ("full", None): set(backbone) | {"head"},
+    }
+    for (strategy, k), stages in expected.items():
+        m.strategy.update(name=strategy, train_stages=k)
+        m.set_trainable_stages(m.trainable_stages_at(epoch=0))
+        assert trained_stages(m) == stages, (name, strategy, k)
+    counts = m.parameter_counts()
+    assert counts["trainable_params"] == counts["total_params"]
+
+
+def test_gradual_unfreezes_one_stage_from_the_top_every_n_epochs():
+    m = module("resnet18", strategy="gradual", unfreeze_every=2)
+    assert m.trainable_stages_at(0) == ["head"]
+    assert m.trainable_stages_at(1) == ["head"]
+    assert m.trainable_stages_at(2) == ["layer4", "head"]
+    assert m.trainable_stages_at(5) == ["layer3", "layer4", "head"]
+    assert m.trainable_stages_at(100) == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+
+
+def test_grayscale_resnet18_has_a_one_channel_conv1_that_trains():
+    m = module("resnet18", strategy="partial", in_chans=1)
+    conv1 = m.net.trunk.conv1
+    assert conv1.in_channels == 1 and conv1.weight.requires_grad
+    assert not m.net.trunk.bn1.weight.requires_grad
+    assert m(torch.randn(2, 1, 64, 64)).shape == (2, 3)
+
+
+def test_unknown_strategy_setting_is_named():
+    with pytest.raises(StrategyError, match="unknown strategy setting"):
+        module(strategy="freeze", lr=1.0)
+    with pytest.raises(StrategyError, match="bn must be one of"):
+        module(strategy="freeze", bn="frozen")
+
+
+def tiny_loader(num_classes=3, n=12, size=32):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 3, size, size, generator=generator)
+    labels = torch.arange(n) % num_classes
+    return DataLoader(TensorDataset(images, labels), batch_size=4)
+
+
+def fit(m: TransferModule, tmp_path, epochs=1) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+    )
+    trainer.fit(m, tiny_loader(), tiny_loader())
+    return trainer
+
+
+def test_frozen_batchnorm_keeps_its_statistics_through_training(tmp_path):
+    m = module("resnet18", strategy="partial")
+    frozen_before = m.net.trunk.bn1.running_mean.clone()
+    trained_before = m.net.trunk.layer4[1].bn2.running_mean.clone()
+    fit(m, tmp_path)
+    assert torch.equal(m.net.trunk.bn1.running_mean, frozen_before)
+    assert not torch.equal(m.net.trunk.layer4[1].bn2.running_mean, trained_before)
+
+
+def test_bn_train_policy_lets_frozen_statistics_move(tmp_path):
+    m = module("resnet18", strategy="freeze", bn="train")
+    before = m.net.trunk.bn1.running_mean.clone()
+    fit(m, tmp_path)
+    assert not torch.equal(m.net.trunk.bn1.running_mean, before)
+
+
+def test_only_trainable_parameters_change(tmp_path):
+    m = module("resnet18", strategy="partial")
+    frozen = m.net.trunk.layer3[0].conv1.weight.clone()
+    trained = m.net.trunk.layer4[0].conv1.weight.clone()
+    fit(m, tmp_path)
+    assert torch.equal(m.net.trunk.layer3[0].conv1.weight, frozen)
+    assert not torch.equal(m.net.trunk.layer4[0].conv1.weight, trained)
+
+
+def test_gradual_training_adds_stages_as_epochs_pass(tmp_path):
+    m = module("resnet18", strategy="gradual", unfreeze_every=1)
+    layer4 = m.net.trunk.layer4[0].conv1.weight.clone()
+    layer2 = m.net.trunk.layer2[0].conv1.weight.clone()
+    fit(m, tmp_path, epochs=2)
+    assert m.trainable_stages == ["layer4", "head"]
+    assert not torch.equal(m.net.trunk.layer4[0].conv1.weight, layer4)
+    assert torch.equal(m.net.trunk.layer2[0].conv1.weight, layer2)
+
+
+def test_checkpoint_reloads_without_hydra_or_downloads(tmp_path):
+    m = module("efficientnet_lite0", weights="imagenet", strategy="partial", num_classes=3)
+    trainer = fit(m, tmp_path)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = TransferModule.load_from_checkpoint(path, map_location="cpu")
+    assert reloaded.hparams.backbone["weights"] is None
+    x = torch.randn(2, 3, 64, 64)
+    m.eval(), reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(m(x), reloaded(x), atol=1e-6)
+    assert reloaded.trainable_stages == m.trainable_stages
+
+
+def test_binary_tasks_report_auroc_sensitivity_specificity(tmp_path):
+    m = module("resnet18", strategy="freeze", num_classes=2)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    tested = trainer.test(m, tiny_loader(num_classes=2), verbose=False)[0]
+    for key in ("test/acc", "test/f1_macro", "test/auroc", "test/sensitivity", "test/specificity"):
+        assert 0.0 <= tested[key] <= 1.0, key
+    assert set(m.test_per_class_result) == {"0", "1"}
+
+
+def test_top5_appears_from_ten_classes():
+    assert not any("top5" in k for k in module(num_classes=3).val_metrics.keys())
+    assert any("top5" in k for k in module(num_classes=10).val_metrics.keys())
