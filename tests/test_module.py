@@ -144,7 +144,7 @@ def test_checkpoint_reloads_without_hydra_or_downloads(tmp_path):
     trainer = fit(m, tmp_path)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    reloaded = TransferModule.load_from_checkpoint(path, map_location="cpu")
+    reloaded = TransferModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     assert reloaded.hparams.backbone["weights"] is None
     x = torch.randn(2, 3, 64, 64)
     m.eval(), reloaded.eval()

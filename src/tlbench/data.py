@@ -342,6 +342,7 @@ class ImageDataModule(L.LightningDataModule):
         root: str | None = None,
         in_chans: int = 3,
         per_class: int | None = None,
+        val_per_class: int | None = None,
         val_fraction: float = 0.2,
         image_size: int | None = None,
         batch_size: int = 64,
@@ -367,7 +368,8 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"the preset has {len(preset.mean)} channel statistics but data.in_chans={in_chans}")
         self.preset = with_image_size(preset, image_size)
         self.source, self.root, self.in_chans = source, root, in_chans
-        self.per_class, self.val_fraction, self.seed = per_class, val_fraction, seed
+        self.per_class, self.val_per_class = per_class, val_per_class
+        self.val_fraction, self.seed = val_fraction, seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
@@ -406,6 +408,10 @@ class ImageDataModule(L.LightningDataModule):
                 per_class_subset(data.splits["train"], self.per_class, self.seed)
             )
             self.save_subset(data.splits["train"])
+        if self.val_per_class is not None:
+            # A smaller validation set only where asked: it is checked every epoch.
+            val = data.splits["val"]
+            data.splits["val"] = val.select(per_class_subset(val, self.val_per_class, self.seed))
         for name, split in data.splits.items():
             if len(split) == 0:
                 raise DataError(f"the {name} split of {self.root or self.source} is empty")

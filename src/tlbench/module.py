@@ -22,7 +22,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from tlbench.backbones import build_backbone
+from tlbench.backbones import Preset, build_backbone
 from tlbench.strategies import (
     BN_POLICIES,
     GradualUnfreezing,
@@ -84,6 +84,11 @@ def binary_metrics() -> MetricCollection:
     )
 
 
+def preset_from_dict(values: dict) -> Preset:
+    """Checkpoints store lists; Preset holds tuples (it is hashable and compared by value)."""
+    return Preset(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+
+
 class TransferModule(L.LightningModule):
     def __init__(
         self,
@@ -94,6 +99,7 @@ class TransferModule(L.LightningModule):
         optim: dict | None = None,
         class_names: list[str] | None = None,
         positive_class: int = 1,
+        preset: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -108,7 +114,9 @@ class TransferModule(L.LightningModule):
         built = build_backbone(num_classes=num_classes, in_chans=in_chans, **backbone)
         self.net = built.net
         self.stages = built.stages
-        self.preset = built.preset
+        # The preprocessing the data actually used (image_size may differ from the backbone's), so a
+        # reloaded checkpoint predicts on images exactly as it was trained.
+        self.preset = preset_from_dict(preset) if preset else built.preset
         self.input_conv = built.input_conv
         self.trainable_stages: list[str] = []
         self.set_trainable_stages(self.trainable_stages_at(epoch=0))

@@ -7,10 +7,12 @@ test on the best checkpoint → results.json.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ from tlbench.results import (
 )
 
 log = logging.getLogger("tlbench")
+# Frozen BatchNorm layers are in eval mode on purpose (strategy.bn=eval); Lightning warns about it each fit.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 LOGGERS = ("tensorboard", "csv", "none")
 # Keys of the data config that are not DataModule arguments.
@@ -71,6 +75,7 @@ def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule
         optim=plain(cfg.optim),
         class_names=datamodule.classes,
         positive_class=cfg.data.positive_class,
+        preset=dataclasses.asdict(datamodule.preset),
     )
 
 
@@ -155,12 +160,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
     if resume:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     best = checkpoint.best_model_path or None
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    metrics.update(last_val)
     params = describe(cfg)
     results = {
         "status": "complete",
@@ -213,7 +219,7 @@ def is_user_error(error: BaseException) -> bool:
     )
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://tlbench.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN

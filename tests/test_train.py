@@ -1,0 +1,154 @@
+"""The entry point as a user meets it: configs that compose, runs that finish, errors that explain."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from conftest import make_image_folder, shared_data
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from tlbench.train import build_datamodule, build_module, train
+
+CONF = resources.files("tlbench.conf")
+GROUPS = ("data", "backbone", "strategy", "optim", "trainer", "logger", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in CONF.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+
+
+def compose_train(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it to the task
+    return cfg
+
+
+@pytest.fixture
+def generated(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4, "test": 4})
+
+
+def small(root: Path) -> list[str]:
+    """Overrides that make any config cheap on a CPU: generated data, 32 px, random init, no workers."""
+    return [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "backbone.weights=null",
+    ]
+
+
+def test_every_group_has_its_expected_options():
+    assert options("strategy") == ["freeze", "full", "gradual", "partial"]
+    assert {"resnet18", "resnet50", "resnet152", "vgg16", "efficientnet_b0", "mobilenet_v3_large",
+            "convnext_tiny", "vit_b_16", "efficientnet_lite0"} <= set(options("backbone"))
+    assert {"imagefolder", "cifar10", "fashion_mnist"} <= set(options("data"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_config_option_composes(group, generated):
+    for option in options(group):
+        cfg = compose_train([f"{group}={option}", f"data.root={generated}"])
+        assert cfg.data.source and cfg.backbone.name and cfg.strategy.name, (group, option)
+
+
+@pytest.mark.parametrize("backbone", options("backbone"))
+def test_every_backbone_config_instantiates(backbone, generated):
+    cfg = compose_train([f"backbone={backbone}", *small(generated)])
+    datamodule = build_datamodule(cfg, generated)
+    module = build_module(cfg, datamodule)
+    assert module.num_classes == 2 and module.preset.crop_size > 0
+
+
+@pytest.mark.parametrize("strategy", options("strategy"))
+@pytest.mark.parametrize("data_in_chans", [1, 3])
+def test_every_strategy_runs_fast_dev_run(strategy, data_in_chans, generated, tmp_path):
+    cfg = compose_train(
+        [f"strategy={strategy}", *small(generated), f"data.in_chans={data_in_chans}", "trainer.fast_dev_run=true",
+         "logger=none"]
+    )
+    results = train(cfg, tmp_path / "run")
+    assert results["status"] == "complete" and 0.0 <= results["metrics"]["test/acc"] <= 1.0
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["params"]["strategy"] == strategy and saved["config"]["data"]["in_chans"] == data_in_chans
+    assert saved["trainable_params"] < saved["total_params"] or strategy == "full"
+
+
+def run_cli(*overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "tlbench.train", *overrides], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path):
+    run_dir = tmp_path / "run"
+    args = (*small(generated), "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "test acc" in first.stdout and str(run_dir) in first.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["best_checkpoint"] == "checkpoints/best.ckpt" and (run_dir / "checkpoints/last.ckpt").exists()
+    assert results["train_images_per_s"] > 0 and results["peak_memory_mb"] > 0
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    stamp = (run_dir / "results.json").stat().st_mtime
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "skipping" in again.stderr + again.stdout
+    assert (run_dir / "results.json").stat().st_mtime == stamp
+
+
+def test_missing_weights_offline_fail_fast_with_the_ways_out(generated, tmp_path):
+    started = time.monotonic()
+    result = run_cli(
+        "data=imagefolder", f"data.root={generated}", "backbone=resnet152", "data.num_workers=0",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "backbone.checkpoint" in result.stderr and "backbone.weights=null" in result.stderr
+    assert time.monotonic() - started < 120
+    assert (tmp_path / "run" / "error.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("strategy=finetune", "Available options in 'strategy'"),
+        ("backbone.name=resnet17", "resnet18"),
+        ("data.root=/no/such/dir", "does not exist"),
+    ],
+)
+def test_bad_names_and_paths_get_a_clear_message(override, message, generated, tmp_path):
+    args = [*small(generated), override, f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_lite0_freeze_on_hymenoptera_reaches_90_percent(tmp_path):
+    root = shared_data("hymenoptera")
+    cfg = compose_train(
+        ["experiment=hymenoptera", f"data.root={root}", "logger=none", "trainer.enable_progress_bar=false"]
+    )
+    results = train(cfg, tmp_path / "run")
+    assert results["params"]["epochs"] == 3
+    assert results["metrics"]["val/acc"] >= 0.90
+    assert results["best_val"] >= 0.90
