@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from tlbench import sweep
 from tlbench.backbones import get_preset
 from tlbench.data import ImageDataModule
 from tlbench.module import TransferModule
@@ -135,7 +135,7 @@ def log_hparams(trainer: L.Trainer, params: dict, metrics: dict[str, float]) -> 
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """One run from config to results.json; returns the results."""
+    """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
@@ -191,6 +191,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    if not trainer.is_global_zero:  # under DDP, one rank writes the results
+        return {}
     log_hparams(trainer, params, {k: v for k, v in metrics.items() if k.startswith("test/") and "class" not in k})
     write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
@@ -206,12 +208,6 @@ def summary_line(results: dict) -> str:
     return " | ".join(parts) + f"\nrun folder: {results['run_dir']}"
 
 
-def record_failure(run_dir: Path, error: BaseException) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    (run_dir / "error.txt").write_text(text)
-
-
 # Errors whose message already tells the user what to do: printed without a traceback.
 def is_user_error(error: BaseException) -> bool:
     return isinstance(error, (ValueError, FileNotFoundError, ImportError)) or type(error).__name__.endswith(
@@ -221,16 +217,23 @@ def is_user_error(error: BaseException) -> bool:
 
 @hydra.main(version_base="1.3", config_path="pkg://tlbench.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    """Returns the best validation score: what a sweeper (Optuna) may optimise — never a test metric."""
+    hydra_cfg = HydraConfig.get()
+    sweep.pin_job_to_gpu(hydra_cfg)  # before anything starts CUDA
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     done = None if cfg.force else read_results(run_dir)
     if done is not None:
         log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
-        return done["metrics"].get("test/acc")
+        return done.get("best_val")
+    sweep.clear_failure(run_dir)
     try:
+        problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
+        if problem:
+            raise ValueError(problem)
         results = train(cfg, run_dir)
     except Exception as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
-        record_failure(run_dir, error)
+        sweep.record_failure(run_dir, error)
         if multirun:
             log.error("run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt")
             return None
@@ -238,8 +241,10 @@ def main(cfg: DictConfig) -> float | None:
             print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
             sys.exit(1)
         raise
-    print("\n" + summary_line(results))
-    return results["metrics"].get("test/acc")
+    if results:
+        print("\n" + summary_line(results))
+        return results.get("best_val")
+    return None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,264 @@
+"""What a sweep needs beyond one run: stable run-folder names, one GPU per parallel job, failures kept in
+their run folder, the report written when the sweep ends, and plain words when a plugin is missing.
+
+Importing this module registers two config resolvers and the missing-plugin hints with Hydra, so
+`tlbench.train` imports it before `@hydra.main` composes anything:
+
+    ${tlbench.dirname:${hydra.job.override_dirname}}   a run folder named from its overrides
+    ${tlbench.gpu_count:}                              GPUs on this machine (at least 1): joblib's n_jobs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("tlbench")
+
+ERROR_FILE = "error.txt"
+# Folder names longer than this are shortened with a hash (file systems stop at 255 bytes).
+MAX_DIRNAME = 200
+GPU_LOCK_DIR = Path(tempfile.gettempdir()) / f"tlbench-gpu-locks-{os.getuid()}"
+# A missing optional plugin is stood in for by a config whose _target_ names what to install.
+NOT_INSTALLED = "hydra_plugins.NOT_INSTALLED__"
+# (config group, option, plugin module, pip extra of tlbench that installs it)
+PLUGINS = (
+    ("hydra/launcher", "joblib", "hydra_plugins.hydra_joblib_launcher", "sweep"),
+    ("hydra/launcher", "submitit_local", "hydra_plugins.hydra_submitit_launcher", "sweep"),
+    ("hydra/launcher", "submitit_slurm", "hydra_plugins.hydra_submitit_launcher", "sweep"),
+    ("hydra/sweeper", "optuna", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
+)
+
+# Held for the life of the process: once CUDA has started, a process cannot move to another GPU, and
+# joblib reuses its worker processes for job after job.
+_pinned_gpu: str | None = None
+_gpu_lock: IO | None = None
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A run folder's name from its overrides (`backbone=resnet18,seed=0,strategy=freeze`), made safe as
+    one path component: `/` in values (data.root=../data) becomes `_`, and a very long name keeps its
+    first part plus a hash of the whole, so different overrides never share a folder."""
+    name = override_dirname.replace(os.sep, "_") or "defaults"
+    if len(name.encode()) <= MAX_DIRNAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name.encode()[: MAX_DIRNAME - 13].decode(errors="ignore") + "-" + digest
+
+
+def gpu_count() -> int:
+    """GPUs this process may use, counted without starting CUDA (torch asks NVML first), so a job can
+    still be pinned afterwards."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def record_failure(run_dir: str | Path, error: BaseException) -> Path:
+    """Keep the traceback in the run folder as error.txt (written atomically: a reader never sees half of
+    it), where the report and the next person find it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ERROR_FILE
+    tmp = run_dir / f".{ERROR_FILE}.{os.getpid()}.tmp"
+    tmp.write_text("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    os.replace(tmp, path)
+    return path
+
+
+def clear_failure(run_dir: str | Path) -> None:
+    """Forget the error of an earlier attempt before trying again, so a retry that is killed midway shows
+    as missing rather than as the old failure."""
+    (Path(run_dir) / ERROR_FILE).unlink(missing_ok=True)
+
+
+def gpu_candidates(job_num: int, n_gpus: int) -> list[int]:
+    """The order in which a job tries the GPUs: its own (job number modulo the count) first, then the
+    next ones, so parallel jobs spread out even when some GPUs are taken."""
+    first = job_num % n_gpus
+    return [(first + i) % n_gpus for i in range(n_gpus)]
+
+
+def _lock(path: Path) -> IO | None:
+    import fcntl  # POSIX only; GPUs are pinned only under the joblib launcher
+
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def claim_gpu(job_num: int, devices: list[str], lock_dir: Path = GPU_LOCK_DIR) -> tuple[str, IO | None]:
+    """Take the first free GPU among `devices` in `gpu_candidates` order. A GPU is taken while a live
+    process holds the lock on `lock_dir/gpu-<id>.lock`; the operating system drops the lock when that
+    process ends, however it ends. When every GPU is taken, share the job's own one (and say so)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    order = [devices[i] for i in gpu_candidates(job_num, len(devices))]
+    for device in order:
+        handle = _lock(lock_dir / f"gpu-{device}.lock")
+        if handle is not None:
+            return device, handle
+    log.warning(
+        "every GPU (%s) is taken by another job; job %d shares GPU %s", ",".join(devices), job_num, order[0]
+    )
+    return order[0], None
+
+
+def should_pin(hydra_cfg: DictConfig) -> bool:
+    """Only jobs that run side by side on one machine (the joblib launcher) need a GPU each. Sequential
+    jobs, SLURM jobs (the scheduler assigns GPUs) and single runs (which may use DDP) are left alone."""
+    target = str(OmegaConf.select(hydra_cfg, "launcher._target_", default=""))
+    return hydra_cfg.mode == RunMode.MULTIRUN and target.endswith("JoblibLauncher")
+
+
+def pin_job_to_gpu(hydra_cfg: DictConfig, lock_dir: Path = GPU_LOCK_DIR) -> str | None:
+    """Give this job's process one GPU of its own by setting CUDA_VISIBLE_DEVICES: call it at the start of
+    the job, before anything touches CUDA. Returns the GPU id, or None where nothing needs pinning (no
+    parallel launcher, fewer than two GPUs). A process keeps its GPU for the jobs it runs after."""
+    global _pinned_gpu, _gpu_lock
+    if _pinned_gpu is not None or not should_pin(hydra_cfg):
+        return _pinned_gpu
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = (
+        [d for d in visible.split(",") if d] if visible is not None else [str(i) for i in range(gpu_count())]
+    )
+    if len(devices) < 2:
+        return None
+    torch = sys.modules.get("torch")  # not imported yet: CUDA cannot have started
+    if torch is not None and torch.cuda.is_initialized():
+        log.warning("CUDA started before pin_job_to_gpu(); this job stays on the GPUs it already sees")
+        return None
+    _pinned_gpu, _gpu_lock = claim_gpu(int(hydra_cfg.job.num), devices, lock_dir)
+    os.environ["CUDA_VISIBLE_DEVICES"] = _pinned_gpu
+    log.info("job %s runs on GPU %s", hydra_cfg.job.num, _pinned_gpu)
+    return _pinned_gpu
+
+
+def uses_several_devices(devices: Any) -> bool:
+    """Lightning's `devices`: 1, 4, -1 or "auto" (all), "0,1" or [0, 1] (these ones)."""
+    if isinstance(devices, list | tuple):
+        return len(devices) > 1
+    text = str(devices).strip()
+    if text.lstrip("-").isdigit():
+        return int(text) == -1 or int(text) > 1
+    return text == "auto" or "," in text
+
+
+def ddp_problem(
+    strategy: Any, devices: Any, multirun: bool, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """Why this trainer setting cannot work, or None. Lightning's `ddp` starts the other ranks by running
+    the command line again; inside a Hydra multirun that command is the whole sweep. Processes started
+    from outside (torchrun, SLURM's srun) and `ddp_spawn` don't re-run the command line."""
+    environ = os.environ if environ is None else environ
+    relaunches = str(strategy).startswith("ddp") and "spawn" not in str(strategy)
+    external = "LOCAL_RANK" in environ or "SLURM_NTASKS" in environ
+    if not (multirun and relaunches and uses_several_devices(devices) and not external):
+        return None
+    return (
+        f"trainer.strategy={strategy} on several devices re-runs the command line for each extra rank, "
+        "which inside a Hydra multirun would start the whole sweep again. In a sweep use "
+        "trainer.strategy=ddp_spawn, or start each job with torchrun, or on SLURM with "
+        "hydra/launcher=slurm and hydra.launcher.tasks_per_node equal to trainer.devices. "
+        "A single run (no -m) can use ddp. See docs/SWEEPS.md."
+    )
+
+
+class ReportOnMultirunEnd(Callback):
+    """Hydra callback: when every job of a multirun has returned, write the report of the sweep folder, and
+    end the command with exit status 1 if a job failed or left no results, so scripts and CI notice.
+    (Hydra turns an exception raised in a callback into a warning; SystemExit gets through.)"""
+
+    def __init__(self, fail_on_errors: bool = True) -> None:
+        self.fail_on_errors = fail_on_errors
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from tlbench import report
+
+        if os.environ.get("RANK", "0") != "0":  # under torchrun every rank runs the sweep; one reports
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        found = report.find_runs(sweep_dir)
+        if not found.runs and not found.failed:
+            log.warning("no results.json or error.txt under %s: nothing to report", sweep_dir)
+        else:
+            summary_md = report.write_report(found, sweep_dir)
+            print(report.render_table(report.summarize(found.runs)))
+            print(f"\nreport: {summary_md}")
+        problems = len(found.failed) + len(found.missing)
+        if problems and self.fail_on_errors:
+            log.error(
+                "%d failed and %d missing of %d jobs in %s (listed in summary.md there). Run the same "
+                "command again to retry only those: finished jobs are skipped.",
+                len(found.failed),
+                len(found.missing),
+                len(found.runs) + problems,
+                sweep_dir,
+            )
+            raise SystemExit(1)
+
+
+class ExplainMissingPlugin(Callback):
+    """Hydra callback: before a multirun starts, stop with one line naming the package to install when the
+    chosen launcher or sweeper is an optional plugin that is not installed (see register_with_hydra)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        for kind in ("launcher", "sweeper"):
+            target = str(OmegaConf.select(config, f"hydra.{kind}._target_", default=""))
+            if target.startswith(NOT_INSTALLED):
+                module, extra = target.removeprefix(NOT_INSTALLED).split("__pip_install_tlbench")
+                choice = config.hydra.runtime.choices.get(f"hydra/{kind}")
+                log.error(
+                    "hydra/%s=%s needs the Hydra plugin %s, which is not installed: pip install 'tlbench%s' "
+                    "(or pip install %s)",
+                    kind,
+                    choice,
+                    module,
+                    extra,
+                    module.replace("_", "-"),
+                )
+                raise SystemExit(1)
+
+
+def is_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # not even the hydra_plugins namespace is there
+        return False
+
+
+def missing_plugins() -> Iterator[tuple[str, str, str, str]]:
+    for group, option, module, extra in PLUGINS:
+        if not is_installed(module):
+            yield group, option, module, extra
+
+
+def register_with_hydra() -> None:
+    """Resolvers used in conf/, and a stand-in for each missing optional plugin: without it Hydra says
+    only "Could not find 'hydra/launcher/joblib'"; with it, the error names the package to install."""
+    if not OmegaConf.has_resolver("tlbench.dirname"):
+        OmegaConf.register_new_resolver("tlbench.dirname", job_dirname)
+    if not OmegaConf.has_resolver("tlbench.gpu_count"):
+        OmegaConf.register_new_resolver("tlbench.gpu_count", lambda: max(1, gpu_count()))
+    for group, option, module, extra in missing_plugins():
+        hint = f"{NOT_INSTALLED}{module.split('.')[-1]}__pip_install_tlbench[{extra}]"
+        ConfigStore.instance().store(group=group, name=option, node={"_target_": hint}, provider="tlbench")
+
+
+register_with_hydra()
