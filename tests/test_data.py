@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, shared_data, write_images
 from PIL import Image
 
+from conftest import make_image_folder, shared_data, write_images
 from tlbench.backbones import Preset
 from tlbench.data import (
     DEBIAN_FASHION_MNIST,
@@ -23,13 +23,17 @@ from tlbench.data import (
 )
 from tlbench.images import read_image
 
-RGB = Preset(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear")
+RGB = Preset(
+    mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"
+)
 GRAY = Preset(mean=(0.42,), std=(0.24,), resize_size=36, crop_size=32, interpolation="bilinear")
 
 
 def datamodule(root, preset=RGB, **kwargs) -> ImageDataModule:
     kwargs.setdefault("num_workers", 0)
-    return ImageDataModule(preset=preset, source="imagefolder", root=str(root), in_chans=len(preset.mean), **kwargs)
+    return ImageDataModule(
+        preset=preset, source="imagefolder", root=str(root), in_chans=len(preset.mean), **kwargs
+    )
 
 
 def test_split_folders_give_classes_and_sizes(image_folder):
@@ -210,8 +214,14 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
     dm = ImageDataModule(
-        preset=GRAY, source="fashion_mnist", root=str(tmp_path), in_chans=1, per_class=20, download=False,
-        val_fraction=0.1, num_workers=0,
+        preset=GRAY,
+        source="fashion_mnist",
+        root=str(tmp_path),
+        in_chans=1,
+        per_class=20,
+        download=False,
+        val_fraction=0.1,
+        num_workers=0,
     )
     assert dm.num_classes == 10 and dm.classes[0] == "T-shirt/top"
     assert dm.split_sizes() == {"train": 200, "val": 6000, "test": 10000}

@@ -34,7 +34,9 @@ def trained_stages(m: TransferModule) -> set[str]:
     """Which stages have parameters that train — and check no stage trains only in part."""
     stages = set()
     for stage, prefixes in m.stages:
-        flags = {p.requires_grad for n, p in m.net.named_parameters() if any(in_prefix(n, x) for x in prefixes)}
+        flags = {
+            p.requires_grad for n, p in m.net.named_parameters() if any(in_prefix(n, x) for x in prefixes)
+        }
         assert len(flags) == 1, f"stage {stage} trains only in part"
         if flags == {True}:
             stages.add(stage)
@@ -97,8 +99,13 @@ def tiny_loader(num_classes=3, n=12, size=32):
 
 def fit(m: TransferModule, tmp_path, epochs=1) -> L.Trainer:
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
     )
     trainer.fit(m, tiny_loader(), tiny_loader())
     return trainer
@@ -155,7 +162,9 @@ def test_checkpoint_reloads_without_hydra_or_downloads(tmp_path):
 
 def test_binary_tasks_report_auroc_sensitivity_specificity(tmp_path):
     m = module("resnet18", strategy="freeze", num_classes=2)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
     tested = trainer.test(m, tiny_loader(num_classes=2), verbose=False)[0]
     for key in ("test/acc", "test/f1_macro", "test/auroc", "test/sensitivity", "test/specificity"):
         assert 0.0 <= tested[key] <= 1.0, key

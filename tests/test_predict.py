@@ -3,8 +3,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import write_images
 
+from conftest import write_images
 from tlbench.backbones import Preset
 from tlbench.module import TransferModule
 from tlbench.predict import load_model, main, predict
@@ -30,7 +30,9 @@ def checkpoint(tmp_path_factory):
 def test_predict_ranks_class_names_with_probabilities(checkpoint, tmp_path):
     paths = write_images(tmp_path, (200, 10, 10), count=2)
     model = load_model(checkpoint)
-    assert model.preset == Preset(mean=(0.5,), std=(0.25,), resize_size=40, crop_size=32, interpolation="bilinear")
+    assert model.preset == Preset(
+        mean=(0.5,), std=(0.25,), resize_size=40, crop_size=32, interpolation="bilinear"
+    )
     ranked = predict(model, paths, top_k=3)
     assert len(ranked) == 2
     for row in ranked:

@@ -112,7 +112,9 @@ def test_parameter_groups_split_decay_and_carry_stage_rates():
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, "cosine", total_steps=20, steps_per_epoch=5, warmup_epochs=1)["scheduler"]
+    scheduler = build_scheduler(optimizer, "cosine", total_steps=20, steps_per_epoch=5, warmup_epochs=1)[
+        "scheduler"
+    ]
     rates = []
     for _ in range(20):
         rates.append(optimizer.param_groups[0]["lr"])

@@ -11,12 +11,12 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder, shared_data
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from conftest import make_image_folder, shared_data
 from tlbench.train import build_datamodule, build_module, train
 
 CONF = resources.files("tlbench.conf")
@@ -24,7 +24,9 @@ GROUPS = ("data", "backbone", "strategy", "optim", "trainer", "logger", "experim
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.name.removesuffix(".yaml") for p in CONF.joinpath(group).iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in CONF.joinpath(group).iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def compose_train(overrides: list[str]):
@@ -56,8 +58,17 @@ def small(root: Path) -> list[str]:
 
 def test_every_group_has_its_expected_options():
     assert options("strategy") == ["freeze", "full", "gradual", "partial"]
-    assert {"resnet18", "resnet50", "resnet152", "vgg16", "efficientnet_b0", "mobilenet_v3_large",
-            "convnext_tiny", "vit_b_16", "efficientnet_lite0"} <= set(options("backbone"))
+    assert {
+        "resnet18",
+        "resnet50",
+        "resnet152",
+        "vgg16",
+        "efficientnet_b0",
+        "mobilenet_v3_large",
+        "convnext_tiny",
+        "vit_b_16",
+        "efficientnet_lite0",
+    } <= set(options("backbone"))
     assert {"imagefolder", "cifar10", "fashion_mnist"} <= set(options("data"))
 
 
@@ -80,8 +91,13 @@ def test_every_backbone_config_instantiates(backbone, generated):
 @pytest.mark.parametrize("data_in_chans", [1, 3])
 def test_every_strategy_runs_fast_dev_run(strategy, data_in_chans, generated, tmp_path):
     cfg = compose_train(
-        [f"strategy={strategy}", *small(generated), f"data.in_chans={data_in_chans}", "trainer.fast_dev_run=true",
-         "logger=none"]
+        [
+            f"strategy={strategy}",
+            *small(generated),
+            f"data.in_chans={data_in_chans}",
+            "trainer.fast_dev_run=true",
+            "logger=none",
+        ]
     )
     results = train(cfg, tmp_path / "run")
     assert results["status"] == "complete" and 0.0 <= results["metrics"]["test/acc"] <= 1.0
@@ -93,19 +109,30 @@ def test_every_strategy_runs_fast_dev_run(strategy, data_in_chans, generated, tm
 def run_cli(*overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "tlbench.train", *overrides], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "tlbench.train", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
 
 def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path):
     run_dir = tmp_path / "run"
-    args = (*small(generated), "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}")
+    args = (
+        *small(generated),
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    )
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "test acc" in first.stdout and str(run_dir) in first.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["best_checkpoint"] == "checkpoints/best.ckpt" and (run_dir / "checkpoints/last.ckpt").exists()
+    assert (
+        results["best_checkpoint"] == "checkpoints/best.ckpt" and (run_dir / "checkpoints/last.ckpt").exists()
+    )
     assert results["train_images_per_s"] > 0 and results["peak_memory_mb"] > 0
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     stamp = (run_dir / "results.json").stat().st_mtime
@@ -117,8 +144,12 @@ def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path):
 def test_missing_weights_offline_fail_fast_with_the_ways_out(generated, tmp_path):
     started = time.monotonic()
     result = run_cli(
-        "data=imagefolder", f"data.root={generated}", "backbone=resnet152", "data.num_workers=0",
-        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+        "data=imagefolder",
+        f"data.root={generated}",
+        "backbone=resnet152",
+        "data.num_workers=0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr

@@ -1,3 +1,3 @@
-"""tlbench: transfer learning for image classification — pretrained backbones, named strategies, honest sweeps."""
+"""tlbench: transfer learning for image classification — pretrained backbones, named strategies, sweeps."""
 
 __version__ = "0.1.0"

@@ -180,7 +180,9 @@ class ReadArray:
 
 def torchvision_source(dataset_cls, root: Path, download: bool, how_to_get: str, **kwargs) -> tuple:
     try:
-        return tuple(dataset_cls(str(root), train=train, download=download, **kwargs) for train in (True, False))
+        return tuple(
+            dataset_cls(str(root), train=train, download=download, **kwargs) for train in (True, False)
+        )
     except (RuntimeError, OSError) as error:
         raise DataError(
             f"{dataset_cls.__name__} is not in {root} and could not be downloaded "
@@ -196,10 +198,14 @@ def split_arrays(
     test = LabelledItems([("test", i) for i in range(len(test_set))], [int(t) for t in test_set.targets])
     train, val = stratified_split(train, val_fraction, seed)
     note = f"validation is a seeded {val_fraction:.0%} of the official train split; test is the official test"
-    return SourceData(classes, {"train": train, "val": val, "test": test}, ReadArray(arrays, in_chans), notes=[note])
+    return SourceData(
+        classes, {"train": train, "val": val, "test": test}, ReadArray(arrays, in_chans), notes=[note]
+    )
 
 
-def cifar10_source(root: str | Path, val_fraction: float, seed: int, in_chans: int, download: bool) -> SourceData:
+def cifar10_source(
+    root: str | Path, val_fraction: float, seed: int, in_chans: int, download: bool
+) -> SourceData:
     from torchvision.datasets import CIFAR10
 
     root = Path(root).expanduser()
@@ -238,8 +244,9 @@ def fashion_mnist_source(
     if not (raw / "train-images-idx3-ubyte").exists() and install_debian_fashion_mnist(root):
         log.info("Fashion-MNIST copied from %s to %s", DEBIAN_FASHION_MNIST, raw)
     how = (
-        f"On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (files land in {DEBIAN_FASHION_MNIST} "
-        f"and tlbench copies them), or put the four *-ubyte(.gz) files in {raw}, or run once with internet."
+        "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` "
+        f"(files land in {DEBIAN_FASHION_MNIST} and tlbench copies them), "
+        f"or put the four *-ubyte(.gz) files in {raw}, or run once with internet."
     )
     train, test = torchvision_source(FashionMNIST, root, download, how)
     return split_arrays(train, test, val_fraction, seed, in_chans, list(train.classes))
@@ -252,7 +259,9 @@ def load_source(
         raise DataError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
     if source == "imagefolder":
         if not root:
-            raise DataError("data=imagefolder needs data.root=<folder with train/ (val/ test/) or class folders>")
+            raise DataError(
+                "data=imagefolder needs data.root=<folder with train/ (val/ test/) or class folders>"
+            )
         return image_folder_source(root, val_fraction, seed, in_chans)
     root = Path(root or "data")
     if source == "cifar10":
@@ -301,15 +310,23 @@ def with_image_size(preset: Preset, image_size: int | None) -> Preset:
 
 
 def to_normalized_tensor(preset: Preset) -> list:
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(list(preset.mean), list(preset.std))]
+    return [
+        T.ToImage(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(list(preset.mean), list(preset.std)),
+    ]
 
 
 def eval_transform(preset: Preset) -> T.Compose:
-    resize = T.Resize(preset.resize_size, interpolation=interpolation_mode(preset.interpolation), antialias=True)
+    resize = T.Resize(
+        preset.resize_size, interpolation=interpolation_mode(preset.interpolation), antialias=True
+    )
     return T.Compose([resize, T.CenterCrop(preset.crop_size), *to_normalized_tensor(preset)])
 
 
-def train_transform(preset: Preset, crop_scale: Sequence[float] = (0.08, 1.0), hflip: bool = True) -> T.Compose:
+def train_transform(
+    preset: Preset, crop_scale: Sequence[float] = (0.08, 1.0), hflip: bool = True
+) -> T.Compose:
     crop = T.RandomResizedCrop(
         preset.crop_size,
         scale=tuple(crop_scale),
@@ -365,7 +382,9 @@ class ImageDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise DataError(f"data.batch_size must be at least 1, got {batch_size}")
         if len(preset.mean) != in_chans:
-            raise DataError(f"the preset has {len(preset.mean)} channel statistics but data.in_chans={in_chans}")
+            raise DataError(
+                f"the preset has {len(preset.mean)} channel statistics but data.in_chans={in_chans}"
+            )
         self.preset = with_image_size(preset, image_size)
         self.source, self.root, self.in_chans = source, root, in_chans
         self.per_class, self.val_per_class = per_class, val_per_class
@@ -392,9 +411,7 @@ class ImageDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # Downloads (when online) happen once here, before workers or ranks read the files.
         if self.source != "imagefolder":
-            load_source(
-                self.source, self.root, self.val_fraction, self.seed, self.in_chans, self.download
-            )
+            load_source(self.source, self.root, self.val_fraction, self.seed, self.in_chans, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:

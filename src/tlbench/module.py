@@ -193,7 +193,12 @@ class TransferModule(L.LightningModule):
     def evaluate(self, batch, stage: str) -> None:
         images, targets = batch
         logits = self(self.prepare_images(images))
-        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=stage == "val", batch_size=len(targets))
+        self.log(
+            f"{stage}/loss",
+            F.cross_entropy(logits, targets),
+            prog_bar=stage == "val",
+            batch_size=len(targets),
+        )
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits, targets)
         getattr(self, f"{stage}_per_class").update(logits, targets)
@@ -233,12 +238,20 @@ class TransferModule(L.LightningModule):
         rates = stage_learning_rates(self.stages, s["head_lr"], s["backbone_lr"], s["layer_decay"])
         # Gradual unfreezing needs every stage's group from the start (see GradualUnfreezing).
         include = [n for n, _ in self.stages] if s["name"] == "gradual" else self.trainable_stages
-        groups = parameter_groups(self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable)
+        groups = parameter_groups(
+            self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable
+        )
         optimizer = build_optimizer(groups, o["name"], o["momentum"])
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
         scheduler = build_scheduler(
-            optimizer, o["scheduler"], total_steps, steps_per_epoch, o["warmup_epochs"], o["step_epochs"], o["gamma"]
+            optimizer,
+            o["scheduler"],
+            total_steps,
+            steps_per_epoch,
+            o["warmup_epochs"],
+            o["step_epochs"],
+            o["gamma"],
         )
         if scheduler is None:
             return optimizer

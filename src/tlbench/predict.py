@@ -1,6 +1,6 @@
 """Classify images with a trained checkpoint — the seed notebooks' `predict(image_path)`, reusable.
 
-    python -m tlbench.predict outputs/runs/<run>/checkpoints/best.ckpt photo1.jpg photo2.png --top-k 3
+python -m tlbench.predict outputs/runs/<run>/checkpoints/best.ckpt photo1.jpg photo2.png --top-k 3
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def predict(model: TransferModule, paths: list[str | Path], top_k: int = 3) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint")
     parser.add_argument("images", nargs="+")
     parser.add_argument("--top-k", type=int, default=3)

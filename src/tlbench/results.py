@@ -52,7 +52,10 @@ class RunCost(L.Callback):
 def peak_memory() -> dict[str, Any]:
     """GPU: the most memory tensors held; CPU: the process's peak resident set (Linux reports KiB)."""
     if torch.cuda.is_available():
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20, "peak_memory_kind": "cuda_allocated"}
+        return {
+            "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_memory_kind": "cuda_allocated",
+        }
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
     return {"peak_memory_mb": kib * scale, "peak_memory_kind": "cpu_max_rss"}

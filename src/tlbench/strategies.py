@@ -81,7 +81,9 @@ def initial_trainable_stages(
     return [s for s in backbone if s in train_stages] + [HEAD]
 
 
-def set_trainable(net: nn.Module, stages: Stages, trainable: Sequence[str], extra: Sequence[str] = ()) -> None:
+def set_trainable(
+    net: nn.Module, stages: Stages, trainable: Sequence[str], extra: Sequence[str] = ()
+) -> None:
     """requires_grad from stage names, plus parameter prefixes in `extra` (an adapted input conv)."""
     for name, param in net.named_parameters():
         param.requires_grad = stage_of(name, stages) in trainable or any(in_prefix(name, p) for p in extra)
@@ -144,7 +146,12 @@ def parameter_groups(
         decays = param.ndim > 1
         group = groups.setdefault(
             (stage, decays),
-            {"params": [], "lr": rates[stage], "weight_decay": weight_decay if decays else 0.0, "stage": stage},
+            {
+                "params": [],
+                "lr": rates[stage],
+                "weight_decay": weight_decay if decays else 0.0,
+                "stage": stage,
+            },
         )
         group["params"].append(param)
     return list(groups.values())

@@ -193,14 +193,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     }
     if not trainer.is_global_zero:  # under DDP, one rank writes the results
         return {}
-    log_hparams(trainer, params, {k: v for k, v in metrics.items() if k.startswith("test/") and "class" not in k})
+    log_hparams(
+        trainer, params, {k: v for k, v in metrics.items() if k.startswith("test/") and "class" not in k}
+    )
     write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
 
 
 def summary_line(results: dict) -> str:
     m = results["metrics"]
-    parts = [f"test acc {m.get('test/acc', float('nan')):.4f}", f"macro-F1 {m.get('test/f1_macro', float('nan')):.4f}"]
+    parts = [
+        f"test acc {m.get('test/acc', float('nan')):.4f}",
+        f"macro-F1 {m.get('test/f1_macro', float('nan')):.4f}",
+    ]
     if "test/auroc" in m:
         parts.append(f"AUROC {m['test/auroc']:.4f}")
     speed = results.get("train_images_per_s")
@@ -235,7 +240,9 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
         sweep.record_failure(run_dir, error)
         if multirun:
-            log.error("run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt")
+            log.error(
+                "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
+            )
             return None
         if is_user_error(error):
             print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
