@@ -11,13 +11,9 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from conftest import make_image_folder, shared_data
-from tlbench.train import build_datamodule, build_module, train
+from tlbench.train import build_datamodule, build_module, compose_config, train
 
 CONF = resources.files("tlbench.conf")
 GROUPS = ("data", "backbone", "strategy", "optim", "trainer", "logger", "experiment")
@@ -27,16 +23,6 @@ def options(group: str) -> list[str]:
     return sorted(
         p.name.removesuffix(".yaml") for p in CONF.joinpath(group).iterdir() if p.name.endswith(".yaml")
     )
-
-
-def compose_train(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as @hydra.main hands it to the task
-    return cfg
 
 
 @pytest.fixture
@@ -75,13 +61,13 @@ def test_every_group_has_its_expected_options():
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_config_option_composes(group, generated):
     for option in options(group):
-        cfg = compose_train([f"{group}={option}", f"data.root={generated}"])
+        cfg = compose_config([f"{group}={option}", f"data.root={generated}"])
         assert cfg.data.source and cfg.backbone.name and cfg.strategy.name, (group, option)
 
 
 @pytest.mark.parametrize("backbone", options("backbone"))
 def test_every_backbone_config_instantiates(backbone, generated):
-    cfg = compose_train([f"backbone={backbone}", *small(generated)])
+    cfg = compose_config([f"backbone={backbone}", *small(generated)])
     datamodule = build_datamodule(cfg, generated)
     module = build_module(cfg, datamodule)
     assert module.num_classes == 2 and module.preset.crop_size > 0
@@ -90,7 +76,7 @@ def test_every_backbone_config_instantiates(backbone, generated):
 @pytest.mark.parametrize("strategy", options("strategy"))
 @pytest.mark.parametrize("data_in_chans", [1, 3])
 def test_every_strategy_runs_fast_dev_run(strategy, data_in_chans, generated, tmp_path):
-    cfg = compose_train(
+    cfg = compose_config(
         [
             f"strategy={strategy}",
             *small(generated),
@@ -176,7 +162,7 @@ def test_bad_names_and_paths_get_a_clear_message(override, message, generated, t
 @pytest.mark.slow
 def test_lite0_freeze_on_hymenoptera_reaches_90_percent(tmp_path):
     root = shared_data("hymenoptera")
-    cfg = compose_train(
+    cfg = compose_config(
         ["experiment=hymenoptera", f"data.root={root}", "logger=none", "trainer.enable_progress_bar=false"]
     )
     results = train(cfg, tmp_path / "run")

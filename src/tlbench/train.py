@@ -18,11 +18,13 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench import sweep
 from tlbench.backbones import get_preset
@@ -218,6 +220,26 @@ def is_user_error(error: BaseException) -> bool:
     return isinstance(error, (ValueError, FileNotFoundError, ImportError)) or type(error).__name__.endswith(
         "UnavailableError"
     )
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The config `python -m tlbench.train <overrides>` would run, for notebooks and tests."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides or []), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it to the task
+    return cfg
+
+
+def run(overrides: list[str] | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """One run from Python (a notebook): `run(["experiment=hymenoptera", "strategy=partial"])`."""
+    cfg = compose_config(overrides)
+    if run_dir is None:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        run_dir = Path("outputs/runs") / f"{stamp}_{cfg.backbone.name.replace('/', '_')}_{cfg.strategy.name}"
+    return train(cfg, Path(run_dir))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://tlbench.conf", config_name="train")
