@@ -169,3 +169,23 @@ def test_lite0_freeze_on_hymenoptera_reaches_90_percent(tmp_path):
     assert results["params"]["epochs"] == 3
     assert results["metrics"]["val/acc"] >= 0.90
     assert results["best_val"] >= 0.90
+
+
+def test_configs_ship_in_the_wheel(tmp_path):
+    """`pip install tlbench` (not only an editable checkout) must find every config."""
+    import zipfile
+
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    build = subprocess.run(
+        [*pip_wheel, "-w", str(tmp_path), "."],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("tlbench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {n.removeprefix("tlbench/conf/") for n in names if n.endswith(".yaml")}
+    repo_conf = Path(__file__).resolve().parents[1] / "conf"
+    assert shipped == {str(p.relative_to(repo_conf)) for p in repo_conf.rglob("*.yaml")}
