@@ -50,8 +50,11 @@ format: install ## ruff format + autofix
 	$(VENV)/bin/ruff format src tests
 	$(VENV)/bin/ruff check --fix src tests
 
-bench: install ## notebook loop vs tlbench vs the compute ceiling (full size on a GPU, reduced on CPU)
-	$(PY) -m tlbench.bench
+bench: install ## notebook loop vs tlbench vs the compute ceiling: full size on a GPU, a smoke run (--quick) on CPU
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  $(PY) -m tlbench.bench --out benchmarks/results.json; \
+	else echo "no GPU: running the reduced CPU smoke version (numbers are not the GPU targets)"; \
+	  $(PY) -m tlbench.bench --quick; fi
 
 tensorboard: install ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs/

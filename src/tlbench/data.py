@@ -4,6 +4,10 @@ to the network.
 Sources give labelled items per split (train / val / test); `ImageDataModule` takes a per-class subset,
 drops unreadable files (and says which), and wraps everything in transforms derived from the backbone's
 pretrained preset — the one place mean/std, crop size and interpolation come from.
+
+Two ways to show images: streaming (a DataLoader decodes and transforms every image on the CPU each
+epoch) or, with `gpu_cache=True`, each split decoded once into uint8 on the trainer's device, batches
+augmented there (`train_gpu_transform` / `eval_gpu_transform`, applied by the module after transfer).
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from tlbench.backbones import Preset
+from tlbench.fastdata import (
+    EvalPreprocess,
+    GpuAugment,
+    InMemoryLoader,
+    decode_to_uint8,
+    image_sizes,
+    resize_center_crop_uint8,
+)
 from tlbench.images import check_image, convert_mode, read_image
 
 log = logging.getLogger(__name__)
@@ -337,6 +349,47 @@ def train_transform(
     return T.Compose([crop, *flip, *to_normalized_tensor(preset)])
 
 
+# -------------------------------------------------------------------------------------- the in-memory cache
+@dataclass(frozen=True)
+class DecodePlan:
+    """How one split is decoded for `gpu_cache`: shorter side resized to `size`, centre-cropped to `crop`."""
+
+    size: int
+    crop: int
+    # Small same-sized eval images (CIFAR, MNIST) stay native: resized and cropped once on the device.
+    resize_on_device: bool
+    side_on_device: int  # what the device holds per image: side × side × in_chans bytes
+
+
+def split_image_sizes(split: LabelledItems, read: Callable) -> set[tuple[int, int]]:
+    """The distinct (width, height) of a split's images, from array shapes or file headers."""
+    if isinstance(read, ReadArray):
+        arrays = {item[0] for item in split.items}
+        return {(read.arrays[a].shape[2], read.arrays[a].shape[1]) for a in arrays}
+    return image_sizes(split.items)
+
+
+def decode_plan(name: str, sizes: set[tuple[int, int]], preset: Preset) -> DecodePlan:
+    """Train images keep room for RandomResizedCrop (native size, at most resize_size); eval images end
+    as the Resize + CenterCrop the network sees."""
+    native = min(next(iter(sizes))) if len(sizes) == 1 else None
+    small = native is not None and native <= preset.resize_size
+    if name == "train":
+        size = native if small else preset.resize_size
+        return DecodePlan(size, size, False, size)
+    if small and len(set(next(iter(sizes)))) == 1:
+        # Square: the device's Resize + CenterCrop of the stored image is the streaming path's, exactly.
+        return DecodePlan(native, native, True, preset.crop_size)
+    return DecodePlan(preset.resize_size, preset.crop_size, False, preset.crop_size)
+
+
+@dataclass
+class MemorySplit:
+    images: torch.Tensor  # uint8 (N, C, H, W) on the host
+    labels: torch.Tensor
+    plan: DecodePlan
+
+
 class ImageListDataset(Dataset):
     def __init__(self, split: LabelledItems, read: Callable, transform: Callable):
         self.split, self.read, self.transform = split, read, transform
@@ -369,6 +422,9 @@ class ImageDataModule(L.LightningDataModule):
         hflip: bool = True,
         on_bad_image: str = "skip",
         download: bool = True,
+        gpu_cache: bool = False,
+        gpu_cache_max_gb: float = 8.0,
+        cache_dir: str | None = None,
         seed: int = 0,
         run_dir: str | None = None,
     ):
@@ -395,9 +451,22 @@ class ImageDataModule(L.LightningDataModule):
         self.train_crop_scale, self.hflip = tuple(train_crop_scale), hflip
         self.on_bad_image, self.download = on_bad_image, download
         self.run_dir = Path(run_dir) if run_dir else None
+        self.gpu_cache, self.gpu_cache_max_gb, self.cache_dir = gpu_cache, gpu_cache_max_gb, cache_dir
+        self.train_gpu_transform = GpuAugment(
+            self.preset.crop_size,
+            self.preset.mean,
+            self.preset.std,
+            scale=self.train_crop_scale,
+            hflip=hflip,
+            interpolation=self.preset.interpolation,
+            seed=seed,
+        )
+        self.eval_gpu_transform = EvalPreprocess(self.preset.mean, self.preset.std)
         self.data: SourceData | None = None
         self.bad_images: dict[str, str] = {}
         self.datasets: dict[str, ImageListDataset] = {}
+        self.memory: dict[str, MemorySplit] = {}
+        self.device_memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def classes(self) -> list[str]:
@@ -435,6 +504,8 @@ class ImageDataModule(L.LightningDataModule):
         transforms = {"train": train_transform(self.preset, self.train_crop_scale, self.hflip)}
         transforms["val"] = transforms["test"] = eval_transform(self.preset)
         self.datasets = {s: ImageListDataset(data.splits[s], data.read, transforms[s]) for s in SPLITS}
+        if self.gpu_cache:
+            self.decode_once(data)
         self.data = data
 
     def drop_bad_images(self, data: SourceData) -> None:
@@ -456,6 +527,96 @@ class ImageDataModule(L.LightningDataModule):
             keep = [i for i, item in enumerate(split.items) if item not in self.bad_images]
             data.splits[name] = split.select(keep)
 
+    def decode_once(self, data: SourceData) -> None:
+        """Every split into host uint8 tensors, read exactly as the streaming path reads them."""
+        splits = dict(data.splits)
+        same_as_val = splits["test"].items == splits["val"].items
+        if same_as_val:
+            del splits["test"]
+        plans = {
+            name: decode_plan(name, split_image_sizes(split, data.read), self.preset)
+            for name, split in splits.items()
+        }
+        self.check_memory(splits, plans)
+        for name, split in splits.items():
+            plan = plans[name]
+            files_only = all(isinstance(item, str) for item in split.items)
+            images = decode_to_uint8(
+                split.items,
+                plan.size,
+                self.in_chans,
+                plan.crop,
+                self.preset.interpolation,
+                cache_dir=self.cache_dir if files_only else None,
+                read=data.read,
+            )
+            self.memory[name] = MemorySplit(images, torch.tensor(split.targets), plan)
+        if same_as_val:
+            self.memory["test"] = self.memory["val"]
+
+    def check_memory(self, splits: dict[str, LabelledItems], plans: dict[str, DecodePlan]) -> None:
+        """Refuse before decoding, not with an out-of-memory error after minutes of it."""
+        total = sum(len(splits[name]) * self.in_chans * p.side_on_device**2 for name, p in plans.items())
+        total_gb = total / 1e9
+        if total_gb > self.gpu_cache_max_gb:
+            listing = ", ".join(
+                f"{name} {len(splits[name])} × {self.in_chans}×{p.side_on_device}×{p.side_on_device}"
+                for name, p in plans.items()
+            )
+            raise DataError(
+                f"data.gpu_cache=true would keep {total_gb:.1f} GB of uint8 images on the device "
+                f"({listing}), more than data.gpu_cache_max_gb={self.gpu_cache_max_gb}. "
+                "Set data.gpu_cache=false (the streaming path) or raise data.gpu_cache_max_gb."
+            )
+
+    @property
+    def cache_device(self) -> torch.device:
+        """Where the in-memory splits live: the attached trainer's device, else the CPU."""
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def on_device(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's uint8 images and labels on `device`, copied (and eval-resized) once per device."""
+        cached = self.memory[split]
+        key = "val" if cached is self.memory.get("val") else split
+        held = self.device_memory.get(key)
+        if held is None or held[1].device != torch.device(device):
+            images = cached.images.to(device)
+            if cached.plan.resize_on_device:
+                p = self.preset
+                images = resize_center_crop_uint8(images, p.resize_size, p.crop_size, p.interpolation)
+            self.device_memory[key] = held = (images, cached.labels.to(device))
+        return held
+
+    def memory_loader(
+        self,
+        split: str,
+        shuffle: bool,
+        batch_size: int,
+        device: torch.device | None = None,
+        transform: Callable | None = None,
+    ) -> InMemoryLoader:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise DataError(
+                "data.gpu_cache=true keeps every image on one device and does not shard it across "
+                f"{self.trainer.world_size} processes; use trainer.devices=1 or data.gpu_cache=false"
+            )
+        images, labels = self.on_device(split, device or self.cache_device)
+        return InMemoryLoader(images, labels, batch_size, shuffle, transform=transform, seed=self.seed)
+
+    def ordered_loader(self, split: str, device: torch.device | None = None):
+        """`split` in dataset order, as the network sees it (train augmented, eval preprocessed): for
+        embedding a split once, in big batches. Batches are (images, labels)."""
+        self.setup()
+        if not self.gpu_cache:
+            return self.loader(split, shuffle=False, batch_size=self.eval_batch_size)
+        transform = self.train_gpu_transform if split == "train" else self.eval_gpu_transform
+        return self.memory_loader(split, False, self.eval_batch_size, device, transform)
+
+    def labels(self, split: str) -> torch.Tensor:
+        """The class of each image of `split`, in dataset order."""
+        self.setup()
+        return torch.tensor(self.data.splits[split].targets)
+
     def save_subset(self, train: LabelledItems) -> None:
         """Which training images a per-class subset used, so the result can be reproduced exactly."""
         if self.run_dir is None:
@@ -473,8 +634,10 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         return {name: len(dataset) for name, dataset in self.datasets.items()}
 
-    def loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader | InMemoryLoader:
         self.setup()
+        if self.gpu_cache:
+            return self.memory_loader(split, shuffle, batch_size)
         workers = self.num_workers
         return DataLoader(
             self.datasets[split],
@@ -486,11 +649,11 @@ class ImageDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | InMemoryLoader:
         return self.loader("train", shuffle=True, batch_size=self.batch_size)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | InMemoryLoader:
         return self.loader("val", shuffle=False, batch_size=self.eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | InMemoryLoader:
         return self.loader("test", shuffle=False, batch_size=self.eval_batch_size)

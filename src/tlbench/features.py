@@ -141,12 +141,14 @@ def train_head_on_features(
     seed: int = 0,
     head: nn.Linear | None = None,
     cuda_graph: bool = True,
+    on_epoch_end: Callable[[int, nn.Linear], None] | None = None,
 ) -> nn.Linear:
     """Train a linear head with AdamW + cross-entropy on cached features; returns the head (trained in place).
 
     `features` is one (N, D) tensor, or one per epoch (the features of that epoch's augmented view). The
     batch order is `InMemoryLoader`'s with `seed`, the same order an end-to-end run with that loader sees.
     No host synchronisation happens inside the loop; on CUDA each step is a CUDA-graph replay.
+    `on_epoch_end(epoch, head)` is called after each epoch (e.g. to score the head on validation features).
     """
     views = [features] if isinstance(features, torch.Tensor) else list(features)
     labels = labels.to(views[0].device)
@@ -172,6 +174,8 @@ def train_head_on_features(
             optimizer.zero_grad(set_to_none=True)
             loss_fn(head(x), y).backward()
             optimizer.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, head)
     return head
 
 

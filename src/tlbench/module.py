@@ -29,6 +29,7 @@ from tlbench.strategies import (
     StrategyError,
     build_optimizer,
     build_scheduler,
+    check_cache_features,
     count_parameters,
     initial_trainable_stages,
     parameter_groups,
@@ -46,6 +47,7 @@ DEFAULT_STRATEGY = {
     "layer_decay": None,
     "unfreeze_every": 1,
     "train_input_conv": True,
+    "cache_features": False,
 }
 DEFAULT_OPTIM = {
     "name": "adamw",
@@ -107,6 +109,7 @@ class TransferModule(L.LightningModule):
         self.optim = with_defaults(optim, DEFAULT_OPTIM, "optim")
         if self.strategy["bn"] not in BN_POLICIES:
             raise StrategyError(f"strategy.bn must be one of {BN_POLICIES}, got {self.strategy['bn']!r}")
+        check_cache_features(self.strategy)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
@@ -180,6 +183,21 @@ class TransferModule(L.LightningModule):
         if images.device.type == "cuda":
             return images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 batches (data.gpu_cache) are augmented / normalised here, on the device; float batches
+        from the streaming path arrive ready and pass through."""
+        images, targets = batch
+        if images.dtype != torch.uint8:
+            return batch
+        datamodule = self.trainer.datamodule
+        if not hasattr(datamodule, "train_gpu_transform"):
+            raise TypeError(
+                "uint8 image batches need an ImageDataModule with data.gpu_cache=true to preprocess them; "
+                "pass float images normalised with the module's preset otherwise"
+            )
+        transform = datamodule.train_gpu_transform if self.trainer.training else datamodule.eval_gpu_transform
+        return transform(images), targets
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch

@@ -474,7 +474,8 @@ def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Pat
         for d, b, s in contexts
     ]
     width = 0.8 / len(series)
-    fig = Figure(figsize=(max(6.0, 1.2 + len(contexts) * len(series) * 0.45), 4.5), layout="constrained")
+    # About 0.6 inch a bar: room for its label (mean, std, n) at the smallest font.
+    fig = Figure(figsize=(max(6.0, 1.2 + len(contexts) * len(series) * 0.6), 4.5), layout="constrained")
     ax = fig.add_subplot()
     lookup = {(g.context, g.label): g.stats[metric] for g in groups}
     for i, label in enumerate(series):
@@ -483,11 +484,18 @@ def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Pat
         means = [s.mean if s.mean is not None else np.nan for s in stats]
         errors = [s.std or 0.0 for s in stats]
         ax.bar(xs, means, width, yerr=errors, capsize=3, label=label)
+        # Strategies often differ by less than a bar's outline: the numbers say what the heights cannot.
+        for x, stat, error in zip(xs, stats, errors, strict=True):
+            if stat.mean is not None:
+                text = f"{stat.mean:.3f}\n±{'–' if stat.std is None else f'{stat.std:.3f}'}\nn={stat.n}"
+                ax.text(x, stat.mean + error + 0.01, text, ha="center", va="bottom", fontsize="x-small")
     ax.set_xticks(range(len(contexts)), labels)
     ax.set_ylabel(f"{METRICS[metric]} (mean ± std over seeds)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"{METRICS[metric]} by strategy")
-    ax.legend(title="strategy", fontsize="small")
+    ax.set_ylim(0, 1.2)  # room for the labels above a bar near 1.0
+    ax.set_yticks(np.linspace(0, 1, 6))
+    datasets = sorted({c[0] for c in contexts})
+    ax.set_title(f"{METRICS[metric]} by strategy" + ("" if vary_data else f" on {datasets[0]}"))
+    ax.legend(title="strategy", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=120)
     return path

@@ -81,6 +81,17 @@ def initial_trainable_stages(
     return [s for s in backbone if s in train_stages] + [HEAD]
 
 
+def check_cache_features(strategy: dict) -> None:
+    """Cached features equal end-to-end training only when the whole trunk is a fixed function."""
+    if strategy.get("cache_features") and (strategy["name"] != "freeze" or strategy["bn"] != "eval"):
+        raise StrategyError(
+            "strategy.cache_features=true needs strategy=freeze with strategy.bn=eval "
+            f"(got strategy={strategy['name']}, bn={strategy['bn']}): features can be computed once only "
+            "when no trunk weight and no BatchNorm statistic changes during training. "
+            "Use strategy=freeze, or strategy.cache_features=false."
+        )
+
+
 def set_trainable(
     net: nn.Module, stages: Stages, trainable: Sequence[str], extra: Sequence[str] = ()
 ) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -29,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("tlbench")
 
 ERROR_FILE = "error.txt"
+# What tlbench.train writes into a run folder; force=true removes them before the run starts over.
+RUN_OUTPUTS = ("results.json", "checkpoints", "tb", "csv")
 # Folder names longer than this are shortened with a hash (file systems stop at 255 bytes).
 MAX_DIRNAME = 200
 GPU_LOCK_DIR = Path(tempfile.gettempdir()) / f"tlbench-gpu-locks-{os.getuid()}"
@@ -83,6 +86,18 @@ def clear_failure(run_dir: str | Path) -> None:
     """Forget the error of an earlier attempt before trying again, so a retry that is killed midway shows
     as missing rather than as the old failure."""
     (Path(run_dir) / ERROR_FILE).unlink(missing_ok=True)
+
+
+def start_over(run_dir: str | Path) -> None:
+    """Remove what an earlier attempt left in the run folder, so force=true trains from scratch: with the
+    old checkpoints/last.ckpt in place the run would resume from it, train nothing and re-test the old
+    weights, and its TensorBoard folder would hold the old curves beside the new ones."""
+    for name in RUN_OUTPUTS:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def gpu_candidates(job_num: int, n_gpus: int) -> list[int]:

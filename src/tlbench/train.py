@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tlbench import sweep
 from tlbench.backbones import get_preset
 from tlbench.data import ImageDataModule
+from tlbench.feature_training import fit_on_cached_features
 from tlbench.module import TransferModule
 from tlbench.results import (
     RESULTS_FILE,
@@ -43,6 +44,8 @@ from tlbench.results import (
 log = logging.getLogger("tlbench")
 # Frozen BatchNorm layers are in eval mode on purpose (strategy.bn=eval); Lightning warns about it each fit.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# TransferModule finishes uint8 batches (data.gpu_cache) in on_after_batch_transfer, on purpose.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
 
 LOGGERS = ("tensorboard", "csv", "none")
 # Keys of the data config that are not DataModule arguments.
@@ -159,10 +162,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     cost = RunCost()
     trainer, checkpoint = build_trainer(cfg, run_dir, cost)
     last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
+    feature_cache = bool(cfg.strategy.get("cache_features", False))
+    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run and not feature_cache else None
     if resume:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    if feature_cache:
+        fit_on_cached_features(trainer, module, datamodule, checkpoint, cost)
+    else:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     best = checkpoint.best_model_path or None
@@ -182,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "test_split": datamodule.data.test_split,
         "wall_time_s": time.perf_counter() - started,
         "train_images_per_s": cost.images_per_second,
+        "feature_cache": feature_cache,
         **peak_memory(),
         **module.parameter_counts(),
         "trainable_stages": module.trainable_stages,
@@ -253,6 +261,8 @@ def main(cfg: DictConfig) -> float | None:
     if done is not None:
         log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
         return done.get("best_val")
+    if cfg.force:
+        sweep.start_over(run_dir)
     sweep.clear_failure(run_dir)
     try:
         problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
