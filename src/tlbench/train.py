@@ -104,10 +104,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trai
         filename="best",
         monitor=monitor,
         mode="min" if monitor.endswith("loss") else "max",
-        save_last=True,
         auto_insert_metric_name=False,
     )
-    callbacks = [checkpoint, cost]
+    # Its own callback: ModelCheckpoint(save_last=True) writes last.ckpt only when the best one improves,
+    # so resuming from it would repeat every epoch since the best.
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks = [checkpoint, latest, cost]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
