@@ -32,6 +32,8 @@ class RunCost(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_cpu_peak()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epoch_start = time.perf_counter()
@@ -49,16 +51,32 @@ class RunCost(L.Callback):
         return self.train_images / self.train_seconds if self.train_seconds > 0 else None
 
 
+PROC_STATUS = Path("/proc/self/status")
+
+
+def reset_cpu_peak() -> None:
+    """Start the process's peak-RSS count afresh: runs of a sweep share one process, and each run should
+    report its own peak, not the largest of all the runs before it (Linux; elsewhere a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory() -> dict[str, Any]:
-    """GPU: the most memory tensors held; CPU: the process's peak resident set (Linux reports KiB)."""
+    """GPU: the most memory tensors held; CPU: the peak resident set since `reset_cpu_peak`."""
     if torch.cuda.is_available():
         return {
             "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20,
             "peak_memory_kind": "cuda_allocated",
         }
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
-    return {"peak_memory_mb": kib * scale, "peak_memory_kind": "cpu_max_rss"}
+    try:
+        line = next(x for x in PROC_STATUS.read_text().splitlines() if x.startswith("VmHWM:"))
+        return {"peak_memory_mb": int(line.split()[1]) / 2**10, "peak_memory_kind": "cpu_peak_rss"}
+    except (OSError, StopIteration):
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
+        return {"peak_memory_mb": kib * scale, "peak_memory_kind": "cpu_max_rss"}
 
 
 def versions() -> dict[str, str]:

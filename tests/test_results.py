@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from tlbench.results import peak_memory, read_results, reset_cpu_peak, write_json_atomic
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-run CPU peak needs /proc")
+def test_cpu_peak_memory_restarts_for_each_run():
+    """Runs of a sweep share one process: the second must not report the first one's peak."""
+    block = np.ones(400 * 2**20, dtype=np.uint8)
+    with_block = peak_memory()["peak_memory_mb"]
+    del block
+    reset_cpu_peak()
+    after_reset = peak_memory()
+    assert after_reset["peak_memory_kind"] == "cpu_peak_rss"
+    assert after_reset["peak_memory_mb"] < with_block - 300
+
+
+def test_results_are_read_only_when_complete(tmp_path):
+    assert read_results(tmp_path) is None
+    (tmp_path / "results.json").write_text('{"status": "compl')
+    assert read_results(tmp_path) is None
+    write_json_atomic(tmp_path / "results.json", {"status": "running"})
+    assert read_results(tmp_path) is None
+    write_json_atomic(tmp_path / "results.json", {"status": "complete", "metrics": {"test/acc": 0.5}})
+    assert read_results(tmp_path)["metrics"] == {"test/acc": 0.5}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
