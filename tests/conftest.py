@@ -40,6 +40,18 @@ def make_image_folder(
     return root
 
 
+def small(root: Path) -> list[str]:
+    """Overrides that make any config cheap on a CPU: generated data, 32 px, random init, no workers."""
+    return [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "backbone.weights=null",
+    ]
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images", per_split={"train": 12, "val": 4})

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder
+from conftest import make_image_folder, small
 from tlbench.backbones import Preset
 from tlbench.data import DataError, ImageDataModule
 from tlbench.module import TransferModule
@@ -102,14 +102,9 @@ def test_gpu_cache_gives_the_streaming_batches_preprocessed_on_the_device(tmp_pa
         assert (images - expected).abs().max() <= one_grey_level
 
 
-def small(root: Path) -> list[str]:
+def small_on_cpu(root: Path) -> list[str]:
     return [
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.image_size=32",
-        "data.num_workers=0",
-        "data.batch_size=8",
-        "backbone.weights=null",
+        *small(root),
         "trainer=cpu",  # the equivalence below is exact in fp32; a GPU run would embed in bf16
         "logger=none",
         "trainer.enable_progress_bar=false",
@@ -122,7 +117,7 @@ def generated(tmp_path) -> Path:
 
 
 def test_gpu_cache_fast_dev_run_end_to_end_with_a_disk_cache(generated, tmp_path):
-    overrides = [*small(generated), "data.gpu_cache=true", f"data.cache_dir={tmp_path / 'cache'}"]
+    overrides = [*small_on_cpu(generated), "data.gpu_cache=true", f"data.cache_dir={tmp_path / 'cache'}"]
     results = train(compose_config([*overrides, "trainer.fast_dev_run=true"]), tmp_path / "run")
     assert results["status"] == "complete" and 0.0 <= results["metrics"]["test/acc"] <= 1.0
     assert results["config"]["data"]["gpu_cache"] is True and results["feature_cache"] is False
@@ -148,7 +143,7 @@ def test_cache_features_trains_the_head_the_end_to_end_freeze_run_trains(generat
     here: equality with augmentation on (each epoch is its own random view on either path) or with a
     scheduler (cache_features keeps head_lr constant)."""
     overrides = [
-        *small(generated),
+        *small_on_cpu(generated),
         "strategy=freeze",
         "strategy.head_lr=0.01",
         "optim.scheduler=none",
@@ -191,6 +186,6 @@ def test_cache_features_trains_the_head_the_end_to_end_freeze_run_trains(generat
 
 @pytest.mark.parametrize("strategy", [["strategy=partial"], ["strategy=freeze", "strategy.bn=train"]])
 def test_cache_features_needs_a_fixed_trunk(generated, tmp_path, strategy):
-    cfg = compose_config([*small(generated), *strategy, "strategy.cache_features=true"])
+    cfg = compose_config([*small_on_cpu(generated), *strategy, "strategy.cache_features=true"])
     with pytest.raises(StrategyError, match="needs strategy=freeze with strategy.bn=eval"):
         train(cfg, tmp_path / "run")

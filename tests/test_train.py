@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_image_folder, shared_data
+from conftest import make_image_folder, shared_data, small
 from tlbench.train import build_datamodule, build_module, compose_config, train
 
 CONF = resources.files("tlbench.conf")
@@ -29,18 +29,6 @@ def options(group: str) -> list[str]:
 @pytest.fixture
 def generated(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4, "test": 4})
-
-
-def small(root: Path) -> list[str]:
-    """Overrides that make any config cheap on a CPU: generated data, 32 px, random init, no workers."""
-    return [
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.image_size=32",
-        "data.num_workers=0",
-        "data.batch_size=8",
-        "backbone.weights=null",
-    ]
 
 
 def test_every_group_has_its_expected_options():
