@@ -11,17 +11,15 @@ from PIL import Image
 
 from conftest import make_image_folder, shared_data, write_images
 from tlbench.backbones import Preset
-from tlbench.data import (
+from tlbench.data import ImageDataModule, eval_transform, train_transform
+from tlbench.images import read_image
+from tlbench.sources import (
     DEBIAN_FASHION_MNIST,
     DataError,
-    ImageDataModule,
     LabelledItems,
-    eval_transform,
     per_class_subset,
     stratified_split,
-    train_transform,
 )
-from tlbench.images import read_image
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"

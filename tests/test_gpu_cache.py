@@ -14,8 +14,9 @@ from PIL import Image
 
 from conftest import make_image_folder, small
 from tlbench.backbones import Preset
-from tlbench.data import DataError, ImageDataModule
+from tlbench.data import ImageDataModule
 from tlbench.module import TransferModule
+from tlbench.sources import DataError
 from tlbench.strategies import StrategyError
 from tlbench.train import build_datamodule, build_module, compose_config, train
 

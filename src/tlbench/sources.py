@@ -1,0 +1,280 @@
+"""Where images come from: a folder of class folders, or a torchvision dataset (CIFAR-10, Fashion-MNIST).
+
+Each source gives the class names, labelled items per split (train / val / test: file paths, or indices into
+an in-memory array) and a reader that turns an item into a PIL image in the network's mode. Choosing which
+items a run uses (per-class subsets) and dropping unreadable files happen here too, before any training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from tlbench.images import check_image, convert_mode, read_image
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("imagefolder", "cifar10", "fashion_mnist")
+SPLITS = ("train", "val", "test")
+# torchvision's list leaves out GIF, which real folders contain (hymenoptera's imageNotFound.gif).
+IMAGE_EXTENSIONS = tuple(sorted(set(IMG_EXTENSIONS) | {".gif"}))
+# Where Debian's `dataset-fashion-mnist` package puts the original files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DataError(ValueError):
+    """The data on disk cannot be used as configured; the message says which file or key and what to do."""
+
+
+@dataclass
+class LabelledItems:
+    """One split: what to read (file paths, or indices into an in-memory array) and the class of each."""
+
+    items: list
+    targets: list[int]
+
+    def select(self, indices: Sequence[int]) -> LabelledItems:
+        return LabelledItems([self.items[i] for i in indices], [self.targets[i] for i in indices])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@dataclass
+class SourceData:
+    classes: list[str]
+    splits: dict[str, LabelledItems]
+    read: Callable[[object], Image.Image]
+    # Which split stands in for a missing test split, so results say what "test" means.
+    test_split: str = "test"
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- sources
+def list_class_folder(folder: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class name → its image files, for one split folder laid out as <folder>/<class>/<image>."""
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist; check data.root")
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"{folder} has no class folders; expected {folder}/<class name>/<image files> "
+            "(one sub-folder per class)"
+        )
+    files = {}
+    for class_dir in class_dirs:
+        images = sorted(
+            p
+            for p in class_dir.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        if not images:
+            raise DataError(
+                f"class folder {class_dir} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+        files[class_dir.name] = images
+    return [d.name for d in class_dirs], files
+
+
+def to_items(classes: list[str], files: dict[str, list[Path]]) -> LabelledItems:
+    items, targets = [], []
+    for label, name in enumerate(classes):
+        items += [str(p) for p in files[name]]
+        targets += [label] * len(files[name])
+    return LabelledItems(items, targets)
+
+
+def stratified_split(split: LabelledItems, fraction: float, seed: int) -> tuple[LabelledItems, LabelledItems]:
+    """Seeded per-class split; every class with ≥ 2 images keeps at least one on each side."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.val_fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(split.targets)
+    keep, held_out = [], []
+    for label in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == label))
+        n_out = int(round(len(members) * fraction))
+        n_out = min(max(n_out, 1), len(members) - 1) if len(members) >= 2 else 0
+        held_out += members[:n_out].tolist()
+        keep += members[n_out:].tolist()
+    return split.select(sorted(keep)), split.select(sorted(held_out))
+
+
+def image_folder_source(root: str | Path, val_fraction: float, seed: int, in_chans: int) -> SourceData:
+    """<root>/{train,val[,test]}/<class>/..., or <root>/<class>/... split into train/val by `val_fraction`."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root={root} does not exist; point data.root at your image folder")
+    notes = []
+    if (root / "train").is_dir():
+        class_lists = {s: list_class_folder(root / s) for s in SPLITS if (root / s).is_dir()}
+        classes = class_lists["train"][0]
+        for split, (split_classes, _) in class_lists.items():
+            if split_classes != classes:
+                only_train = sorted(set(classes) - set(split_classes))
+                only_here = sorted(set(split_classes) - set(classes))
+                raise DataError(
+                    f"class folders of {root / split} differ from {root / 'train'}: "
+                    f"only in train: {only_train or '-'}; only in {split}: {only_here or '-'}. "
+                    "Every split needs the same class folders."
+                )
+        splits = {s: to_items(classes, files) for s, (_, files) in class_lists.items()}
+        if "val" not in splits:
+            splits["train"], splits["val"] = stratified_split(splits["train"], val_fraction, seed)
+            notes.append(f"no {root / 'val'}: validation is a seeded {val_fraction:.0%} of train")
+    else:
+        classes, files = list_class_folder(root)
+        splits = {}
+        splits["train"], splits["val"] = stratified_split(to_items(classes, files), val_fraction, seed)
+        notes.append(f"single folder {root}: validation is a seeded {val_fraction:.0%} split")
+    test_split = "test"
+    if "test" not in splits:
+        splits["test"], test_split = splits["val"], "val"
+        notes.append("no test split: test metrics are measured on the validation split")
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class folder(s); classification needs at least 2")
+    return SourceData(classes, splits, ReadFile(in_chans), test_split, notes)
+
+
+class ReadFile:
+    """Picklable reader for DataLoader workers."""
+
+    def __init__(self, in_chans: int):
+        self.in_chans = in_chans
+
+    def __call__(self, path: str) -> Image.Image:
+        return read_image(path, self.in_chans)
+
+
+class ReadArray:
+    """Reader for datasets torchvision keeps in memory as uint8 arrays (CIFAR-10, Fashion-MNIST)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], in_chans: int):
+        self.arrays = arrays
+        self.in_chans = in_chans
+
+    def __call__(self, item: tuple[str, int]) -> Image.Image:
+        split, index = item
+        return convert_mode(Image.fromarray(self.arrays[split][index]), self.in_chans)
+
+
+def torchvision_source(dataset_cls, root: Path, download: bool, how_to_get: str, **kwargs) -> tuple:
+    try:
+        return tuple(
+            dataset_cls(str(root), train=train, download=download, **kwargs) for train in (True, False)
+        )
+    except (RuntimeError, OSError) as error:
+        raise DataError(
+            f"{dataset_cls.__name__} is not in {root} and could not be downloaded "
+            f"({error.__class__.__name__}: {str(error)[:200]}). {how_to_get}"
+        ) from error
+
+
+def split_arrays(
+    train_set, test_set, val_fraction: float, seed: int, in_chans: int, classes: list[str]
+) -> SourceData:
+    arrays = {"train": np.asarray(train_set.data), "test": np.asarray(test_set.data)}
+    train = LabelledItems([("train", i) for i in range(len(train_set))], [int(t) for t in train_set.targets])
+    test = LabelledItems([("test", i) for i in range(len(test_set))], [int(t) for t in test_set.targets])
+    train, val = stratified_split(train, val_fraction, seed)
+    note = f"validation is a seeded {val_fraction:.0%} of the official train split; test is the official test"
+    return SourceData(
+        classes, {"train": train, "val": val, "test": test}, ReadArray(arrays, in_chans), notes=[note]
+    )
+
+
+def cifar10_source(
+    root: str | Path, val_fraction: float, seed: int, in_chans: int, download: bool
+) -> SourceData:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root).expanduser()
+    how = (
+        f"Put cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/) in {root}, run once with "
+        "internet and data.download=true, or use a folder of images: data=imagefolder data.root=<dir> "
+        "(e.g. ../shared/data/cifar10)."
+    )
+    train, test = torchvision_source(CIFAR10, root, download, how)
+    return split_arrays(train, test, val_fraction, seed, in_chans, list(train.classes))
+
+
+def install_debian_fashion_mnist(root: Path) -> bool:
+    """Copy (gunzip) the Debian package's files to where torchvision's reader looks. True if it did."""
+    raw = root / "FashionMNIST" / "raw"
+    sources = sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")) if DEBIAN_FASHION_MNIST.is_dir() else []
+    if len(sources) < 4:
+        return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in sources:
+        target = raw / gz.name.removesuffix(".gz")
+        if not target.exists():
+            with gzip.open(gz, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            target.with_suffix(".part").rename(target)
+    return True
+
+
+def fashion_mnist_source(
+    root: str | Path, val_fraction: float, seed: int, in_chans: int, download: bool
+) -> SourceData:
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(root).expanduser()
+    raw = root / "FashionMNIST" / "raw"
+    if not (raw / "train-images-idx3-ubyte").exists() and install_debian_fashion_mnist(root):
+        log.info("Fashion-MNIST copied from %s to %s", DEBIAN_FASHION_MNIST, raw)
+    how = (
+        "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` "
+        f"(files land in {DEBIAN_FASHION_MNIST} and tlbench copies them), "
+        f"or put the four *-ubyte(.gz) files in {raw}, or run once with internet."
+    )
+    train, test = torchvision_source(FashionMNIST, root, download, how)
+    return split_arrays(train, test, val_fraction, seed, in_chans, list(train.classes))
+
+
+def load_source(
+    source: str, root: str | Path | None, val_fraction: float, seed: int, in_chans: int, download: bool
+) -> SourceData:
+    if source not in SOURCES:
+        raise DataError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
+    if source == "imagefolder":
+        if not root:
+            raise DataError(
+                "data=imagefolder needs data.root=<folder with train/ (val/ test/) or class folders>"
+            )
+        return image_folder_source(root, val_fraction, seed, in_chans)
+    root = Path(root or "data")
+    if source == "cifar10":
+        return cifar10_source(root, val_fraction, seed, in_chans, download)
+    return fashion_mnist_source(root, val_fraction, seed, in_chans, download)
+
+
+# ---------------------------------------------------------------------------------------- subsets, files
+def per_class_subset(split: LabelledItems, per_class: int, seed: int) -> list[int]:
+    """Seeded: exactly `per_class` indices of each class (or all a class has), sorted."""
+    if per_class < 1:
+        raise DataError(f"data.per_class must be a positive number of images or null, got {per_class}")
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(split.targets)
+    chosen = []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        chosen += rng.permutation(members)[:per_class].tolist()
+    return sorted(chosen)
+
+
+def find_bad_files(paths: Sequence[str], workers: int) -> dict[str, str]:
+    """Path → why it cannot be read, for every unreadable file (decoded in threads: PIL releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reasons = list(pool.map(check_image, paths, chunksize=64))
+    return {p: r for p, r in zip(paths, reasons) if r is not None}
