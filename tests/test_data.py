@@ -235,3 +235,19 @@ def test_hymenoptera_loads_with_its_palette_gif():
     assert sizes["train"] + len(dm.bad_images) == 245 and sizes["val"] == 153
     gif = next(i for i, p in enumerate(dm.data.splits["train"].items) if p.endswith(".gif"))
     assert dm.datasets["train"][gif][0].shape == (3, 32, 32)
+
+
+def test_prepare_data_after_setup_does_not_load_the_dataset_again(tmp_path, monkeypatch):
+    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    import tlbench.data
+
+    calls = []
+    real = tlbench.data.load_source
+    monkeypatch.setattr(tlbench.data, "load_source", lambda *a, **k: calls.append(a) or real(*a, **k))
+    dm = ImageDataModule(
+        preset=GRAY, source="fashion_mnist", root=str(tmp_path), in_chans=1, download=False, num_workers=0
+    )
+    dm.setup()
+    dm.prepare_data()  # what trainer.fit calls next
+    assert len(calls) == 1

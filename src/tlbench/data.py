@@ -225,8 +225,9 @@ class ImageDataModule(L.LightningDataModule):
         return len(self.classes)
 
     def prepare_data(self) -> None:
-        # Downloads (when online) happen once here, before workers or ranks read the files.
-        if self.source != "imagefolder":
+        # Downloads (when online) happen once here, before workers or ranks read the files. A module
+        # already set up in this process (train.py sets up first, to size the head) has its data.
+        if self.source != "imagefolder" and self.data is None:
             load_source(self.source, self.root, self.val_fraction, self.seed, self.in_chans, self.download)
 
     def setup(self, stage: str | None = None) -> None:
