@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,14 @@ def small(root: Path) -> list[str]:
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images", per_split={"train": 12, "val": 4})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def decode_cache(tmp_path_factory) -> Path:
+    """Decoded images and bad-image checks go to a temporary folder, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("tlbench-cache")
+    os.environ["TLBENCH_CACHE_DIR"] = str(folder)
+    return folder
 
 
 def shared_data(name: str) -> Path:

@@ -229,12 +229,12 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
 
 def test_hymenoptera_loads_with_its_palette_gif():
     root = shared_data("hymenoptera")
-    dm = datamodule(root, num_workers=0)
+    dm = datamodule(root, num_workers=0, pipeline="streaming")
     assert dm.classes == ["ants", "bees"]
     sizes = dm.split_sizes()
     assert sizes["train"] + len(dm.bad_images) == 245 and sizes["val"] == 153
     gif = next(i for i, p in enumerate(dm.data.splits["train"].items) if p.endswith(".gif"))
-    assert dm.datasets["train"][gif][0].shape == (3, 32, 32)
+    assert dm.pipeline.datasets["train"][gif][0].shape == (3, 32, 32)
 
 
 def test_prepare_data_after_setup_does_not_load_the_dataset_again(tmp_path, monkeypatch):

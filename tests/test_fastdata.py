@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,9 +121,10 @@ def test_augment_output_shape_dtype_range_and_layout():
 
 def test_augment_is_repeatable_with_a_seed_and_differs_across_seeds_and_samples():
     images = smooth_images(8, 32, 32).repeat(2, 1, 1, 1)
-    first = GpuAugment(32, MEAN, STD, seed=3)(images)
-    again = GpuAugment(32, MEAN, STD, seed=3)(images)
-    other = GpuAugment(32, MEAN, STD, seed=4)(images)
+    augment = GpuAugment(32, MEAN, STD)
+    first = augment(images, torch.Generator().manual_seed(3))
+    again = augment(images, torch.Generator().manual_seed(3))
+    other = augment(images, torch.Generator().manual_seed(4))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     assert not torch.equal(first[:8], first[8:]), "each sample draws its own box and flip"
@@ -131,7 +133,7 @@ def test_augment_is_repeatable_with_a_seed_and_differs_across_seeds_and_samples(
 # ------------------------------------------------------------------------------------------ eval images
 def test_eval_cache_equals_torchvisions_eval_transform(tmp_path):
     paths = write_jpegs(tmp_path, 4, size=(40, 30))
-    cached = decode_to_uint8(paths, 36, 3, crop_size=32)
+    cached = decode_to_uint8(paths, 36, 3, crop_size=32).images
     reference = transforms.Compose(
         [
             transforms.Resize(36),
@@ -146,9 +148,9 @@ def test_eval_cache_equals_torchvisions_eval_transform(tmp_path):
 
 def test_device_resize_matches_pil_within_one_grey_level(tmp_path):
     paths = write_jpegs(tmp_path, 4, size=(32, 32))
-    native = decode_to_uint8(paths, 32)
+    native = decode_to_uint8(paths, 32).images
     on_device = resize_center_crop_uint8(native, 73, 64)
-    with_pil = decode_to_uint8(paths, 73, 3, crop_size=64)
+    with_pil = decode_to_uint8(paths, 73, 3, crop_size=64).images
     assert (on_device.int() - with_pil.int()).abs().max() <= 1
 
 
@@ -162,14 +164,14 @@ def test_odd_image_modes_decode_to_the_asked_channels(tmp_path):
     for name, im in [("a.png", rgba), ("p.gif", palette), ("l.png", gray), ("i16.png", sixteen)]:
         im.save(tmp_path / name)
         paths.append(str(tmp_path / name))
-    rgb = decode_to_uint8(paths, 16, 3)
+    rgb = decode_to_uint8(paths, 16, 3).images
     assert rgb.shape == (4, 3, 16, 16) and rgb.dtype == torch.uint8
     assert rgb[0, :, 0, 0].tolist() == [255, 255, 255], "transparent pixels land on white, not black"
     assert rgb[2].unique().tolist() == [128]
     assert rgb[3].unique().tolist() == [255], (
         "16-bit white stays white (scaled, not clipped to 255 from 65535)"
     )
-    gray_out = decode_to_uint8(paths, 16, 1)
+    gray_out = decode_to_uint8(paths, 16, 1).images
     assert gray_out.shape == (4, 1, 16, 16)
     assert image_sizes(paths) == {(20, 16)}
 
@@ -177,23 +179,46 @@ def test_odd_image_modes_decode_to_the_asked_channels(tmp_path):
 def test_disk_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, monkeypatch):
     paths = write_jpegs(tmp_path / "img", 3)
     cache = tmp_path / "cache"
-    first = decode_to_uint8(paths, 16, cache_dir=cache)
+    first = decode_to_uint8(paths, 16, cache_dir=cache).images
     assert len(list(cache.glob("*.pt"))) == 1
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(fastdata, "read_image", no_decoding)
-    assert torch.equal(decode_to_uint8(paths, 16, cache_dir=cache), first)
+    assert torch.equal(decode_to_uint8(paths, 16, cache_dir=cache).images, first)
     monkeypatch.undo()
 
     Image.new("RGB", (40, 32), (0, 0, 0)).save(paths[1])
     later = time.time() + 5
     os.utime(paths[1], (later, later))
-    changed = decode_to_uint8(paths, 16, cache_dir=cache)
+    changed = decode_to_uint8(paths, 16, cache_dir=cache).images
     assert changed[1].max() == 0 and torch.equal(changed[0], first[0])
     assert len(list(cache.glob("*.pt"))) == 1, "the stale entry is replaced, not kept beside"
-    assert not torch.equal(decode_to_uint8(paths, 8, cache_dir=cache)[0], first[0, :, :8, :8])
+    assert not torch.equal(decode_to_uint8(paths, 8, cache_dir=cache).images[0], first[0, :, :8, :8])
+
+
+def test_a_truncated_cache_file_is_rebuilt_not_reported(tmp_path, caplog):
+    paths = write_jpegs(tmp_path / "img", 3)
+    cache = tmp_path / "cache"
+    first = decode_to_uint8(paths, 16, cache_dir=cache).images
+    (entry,) = cache.glob("*.pt")
+    entry.write_bytes(entry.read_bytes()[:100])  # a crash or a full disk cut it short
+    with caplog.at_level("WARNING"):
+        again = decode_to_uint8(paths, 16, cache_dir=cache)
+    assert torch.equal(again.images, first) and again.bad == {}
+    assert "unreadable" in caplog.text and "rebuilding" in caplog.text
+    assert torch.equal(decode_to_uint8(paths, 16, cache_dir=cache).images, first), "and rewritten whole"
+
+
+def test_decoding_is_the_bad_image_check(tmp_path):
+    """One pass: a file that cannot be decoded is listed with its reason, the others are decoded."""
+    paths = write_jpegs(tmp_path / "img", 3)
+    Path(paths[1]).write_bytes(Path(paths[1]).read_bytes()[:200])  # truncated JPEG
+    decoded = decode_to_uint8(paths, 16, cache_dir=tmp_path / "cache")
+    assert list(decoded.bad) == [paths[1]] and "Error" in decoded.bad[paths[1]]
+    assert decoded.images[0].float().mean() > 0 and decoded.images[1].max() == 0
+    assert decode_to_uint8(paths, 16, cache_dir=tmp_path / "cache").bad == decoded.bad, "cached too"
 
 
 # ------------------------------------------------------------------------------------------ the loader
@@ -209,7 +234,19 @@ def test_loader_visits_every_image_once_per_epoch_in_a_seeded_order():
         assert torch.equal(x.flatten().long(), y), "images and labels stay paired"
     again = InMemoryLoader(images, labels, batch_size=4, seed=1)
     assert torch.equal(torch.cat([y for _, y in again]), torch.cat(epoch))
-    assert len(InMemoryLoader(images, labels, batch_size=4, drop_last=True)) == 2
+
+
+def test_each_epoch_has_its_own_order_whatever_came_before():
+    """A resumed run starts at epoch k without replaying epochs 0..k-1, and must see epoch k's order."""
+    images, labels = torch.zeros(50, 1, 1, 1), torch.arange(50)
+    epoch = {"now": 0}
+    uninterrupted = InMemoryLoader(images, labels, 8, seed=2, epoch_of=lambda: epoch["now"])
+    orders = []
+    for epoch["now"] in range(3):
+        orders.append(torch.cat([y for _, y in uninterrupted]))
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    resumed = InMemoryLoader(images, labels, 8, seed=2, epoch_of=lambda: 2)
+    assert torch.equal(torch.cat([y for _, y in resumed]), orders[2])
 
 
 def test_loader_applies_the_transform_to_each_batch():

@@ -1,117 +1,143 @@
-"""strategy=freeze on cached features must train the same head as running the frozen network every step."""
+"""strategy=freeze on cached features: a mode of the data side inside `trainer.fit`, so it must train the same
+head as running the frozen network every step, and resume, optimise and report like every other run."""
 
 from __future__ import annotations
 
-import copy
+from pathlib import Path
 
+import pytest
 import torch
-from torch import nn
 
-from tlbench.backbones import TransferNet
-from tlbench.fastdata import InMemoryLoader
-from tlbench.features import extract_features, head_accuracy, linear_probe, train_head_on_features
+from conftest import make_image_folder, small
+from tlbench.features import FeatureLoader
+from tlbench.module import TransferModule
+from tlbench.results import RunCost
+from tlbench.strategies import StrategyError
+from tlbench.train import compose_config, train
 
 
-def tiny_trunk() -> nn.Module:
-    # BatchNorm on purpose: a frozen trunk must use its running statistics, not the batch's.
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
+@pytest.fixture
+def generated(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4, "test": 4})
+
+
+def on_cpu(root: Path, *extra: str) -> list[str]:
+    # fp32 on the CPU: the equivalences below are exact there (a GPU would embed in bf16).
+    return [*small(root), "trainer=cpu", "logger=none", "trainer.enable_progress_bar=false", *extra]
+
+
+def head_of(checkpoint: Path) -> torch.Tensor:
+    module = TransferModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    return torch.cat([module.net.head.weight.detach().flatten(), module.net.head.bias.detach()])
+
+
+def test_cached_features_train_the_head_that_end_to_end_freeze_trains(generated, tmp_path):
+    """Augmentation off: the same optimizer, cosine schedule, weight decay and batch order, so the cached run
+    and the run with the frozen network in the loop end with the same head, weight for weight."""
+    overrides = on_cpu(
+        generated,
+        "strategy=freeze",
+        "strategy.head_lr=0.01",
+        "data.pipeline=memory",
+        "data.train_crop_scale=[1.0,1.0]",
+        "data.hflip=false",
+        "trainer.max_epochs=2",
     )
+    cached = train(compose_config(overrides), tmp_path / "cached")
+    end_to_end = train(compose_config([*overrides, "strategy.cache_features=false"]), tmp_path / "e2e")
+
+    assert cached["feature_cache"] is True and end_to_end["feature_cache"] is False
+    assert "trunk features" in cached["pipeline"]
+    last = [tmp_path / run / "checkpoints" / "last.ckpt" for run in ("cached", "e2e")]
+    start = head_of(last[0]) * 0  # a trained head is far from zero
+    assert not torch.allclose(head_of(last[1]), start, atol=1e-3)
+    assert torch.allclose(head_of(last[0]), head_of(last[1]), atol=1e-5)
+    assert cached["metrics"]["test/acc"] == pytest.approx(end_to_end["metrics"]["test/acc"])
 
 
-def data(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    images = torch.randn((n, 3, 12, 12), generator=g) + labels.view(-1, 1, 1, 1).float()
-    return images, labels
+class Interrupted(RuntimeError):
+    pass
 
 
-def frozen_net(seed: int = 0) -> TransferNet:
-    torch.manual_seed(seed)
-    trunk = tiny_trunk()
-    with torch.no_grad():  # running statistics that differ from any batch's
-        trunk[1].running_mean.uniform_(-1, 1)
-        trunk[1].running_var.uniform_(0.5, 2)
-    net = TransferNet(trunk, nn.Linear(8, 3))
-    for p in net.trunk.parameters():
-        p.requires_grad = False
-    return net
-
-
-def test_extract_features_is_the_trunk_in_eval_mode_and_restores_its_mode():
-    net = frozen_net()
-    images, _ = data()
-    net.trunk.train()
-    features = extract_features(net.trunk, images, batch_size=16, device="cpu")
-    assert net.trunk.training
-    net.trunk.eval()
-    with torch.no_grad():
-        assert torch.allclose(features, net.trunk(images), atol=1e-6)
-    assert features.shape == (40, 8) and features.dtype == torch.float32
-    loader = InMemoryLoader(images, torch.zeros(40), 7, shuffle=False)
-    assert torch.allclose(extract_features(net.trunk, loader, device="cpu"), features, atol=1e-6)
-
-
-def test_head_on_cached_features_equals_end_to_end_frozen_training():
-    images, labels = data()
-    net = frozen_net()
-    cached_head = copy.deepcopy(net.head)
-    epochs, batch_size, seed = 3, 8, 5
-
-    # End to end: the whole TransferNet runs every step, trunk frozen in eval mode.
-    net.trunk.eval()
-    optimizer = torch.optim.AdamW(net.head.parameters(), lr=1e-2, weight_decay=1e-4)
-    loader = InMemoryLoader(images, labels, batch_size, shuffle=True, seed=seed)
-    for _ in range(epochs):
-        for x, y in loader:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
-
-    features = extract_features(net.trunk, images, batch_size=16, device="cpu")
-    train_head_on_features(
-        features,
-        labels,
-        epochs=epochs,
-        lr=1e-2,
-        weight_decay=1e-4,
-        batch_size=batch_size,
-        seed=seed,
-        head=cached_head,
+def test_a_cached_feature_run_resumes_from_last_ckpt_as_if_never_stopped(generated, tmp_path, monkeypatch):
+    """With augmentation on, so each epoch embeds its own view: a run stopped after epoch 1 and run again
+    continues from last.ckpt and ends with the uninterrupted run's head. SGD with the step schedule shows the
+    configured optimizer and scheduler are the ones used."""
+    overrides = on_cpu(
+        generated,
+        "strategy=freeze",
+        "optim=sgd",
+        "optim.step_epochs=1",
+        "optim.gamma=0.5",
+        "strategy.head_lr=0.05",
+        "data.pipeline=memory",
+        "trainer.max_epochs=3",
     )
-    assert not torch.allclose(cached_head.weight, frozen_net().head.weight), "the head did train"
-    assert torch.allclose(cached_head.weight, net.head.weight, atol=1e-5)
-    assert torch.allclose(cached_head.bias, net.head.bias, atol=1e-5)
+    whole = train(compose_config(overrides), tmp_path / "whole")
+
+    def stop_at_epoch_2(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise Interrupted("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunCost, "on_train_epoch_start", stop_at_epoch_2, raising=False)
+        with pytest.raises(Interrupted):
+            train(compose_config(overrides), tmp_path / "resumed")
+    stopped = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert stopped["epoch"] == 1
+    resumed = train(compose_config(overrides), tmp_path / "resumed")
+
+    last = [tmp_path / run / "checkpoints" / "last.ckpt" for run in ("resumed", "whole")]
+    assert torch.allclose(head_of(last[0]), head_of(last[1]), atol=1e-6)
+    assert resumed["metrics"]["test/acc"] == pytest.approx(whole["metrics"]["test/acc"])
+    final = torch.load(tmp_path / "whole/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    optimizer = final["optimizer_states"][0]
+    assert all("momentum_buffer" in state for state in optimizer["state"].values()), "SGD, as configured"
+    # stepped after every batch: after 3 epochs the rate stands at head_lr × gamma³
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5**3), "step schedule applied"
 
 
-def test_one_feature_view_per_epoch():
-    images, labels = data()
-    trunk = frozen_net().trunk
-    view = extract_features(trunk, images, device="cpu")
-    other_view = extract_features(trunk, images.flip(-1), device="cpu")
-    init = nn.Linear(8, 3)
-    same_twice = train_head_on_features([view, view], labels, epochs=2, seed=1, head=copy.deepcopy(init))
-    single = train_head_on_features(view, labels, epochs=2, seed=1, head=copy.deepcopy(init))
-    two_views = train_head_on_features([view, other_view], labels, epochs=2, seed=1, head=copy.deepcopy(init))
-    assert torch.equal(same_twice.weight, single.weight)
-    assert not torch.allclose(two_views.weight, single.weight)
+def test_a_cached_feature_run_reports_what_every_run_reports(generated, tmp_path):
+    cached = train(
+        compose_config(on_cpu(generated, "strategy=freeze", "trainer.max_epochs=1")), tmp_path / "a"
+    )
+    partial = train(
+        compose_config(on_cpu(generated, "strategy=partial", "trainer.max_epochs=1")), tmp_path / "b"
+    )
+    assert cached["feature_cache"] is True and partial["feature_cache"] is False
+    assert set(cached) == set(partial) and set(cached["metrics"]) == set(partial["metrics"])
+    assert cached["train_images_per_s"] > 0 and cached["best_checkpoint"] == "checkpoints/best.ckpt"
 
 
-def test_linear_probe_fits_separable_features_and_plugs_in_as_a_head():
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(60) % 3
-    features = torch.randn((60, 5), generator=g) * 0.1 + 10 * nn.functional.one_hot(labels, 5).float() + 50
-    head = linear_probe(features, labels)
-    assert isinstance(head, nn.Linear) and head.weight.shape == (3, 5)
-    assert head_accuracy(head, features, labels) == 1.0
+def test_features_are_embedded_once_per_epoch_with_augmentation_and_once_without():
+    calls = {"n": 0}
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return x.flatten(1)
+
+    images = [(torch.randn(4, 2, 1, 1), None), (torch.randn(2, 2, 1, 1), None)]
+    epoch = {"now": 0}
+    for augmented, expected in ((True, 3), (False, 1)):
+        calls["n"] = 0
+        loader = FeatureLoader(
+            lambda: images, torch.arange(6), embed, 4, True, 0, lambda: epoch["now"], augmented
+        )
+        for epoch["now"] in range(3):
+            batches = list(loader)
+            assert [len(y) for _, y in batches] == [4, 2] and batches[0][0].shape[1] == 2
+        assert calls["n"] == expected * len(images), "one embedding pass per view"
 
 
-def test_linear_probe_two_classes():
-    labels = torch.arange(20) % 2
-    features = torch.stack([labels.float() * 4, torch.ones(20)], dim=1)
-    head = linear_probe(features, labels)
-    assert head.out_features == 2 and head_accuracy(head, features, labels) == 1.0
+@pytest.mark.parametrize("strategy", [["strategy=partial"], ["strategy=freeze", "strategy.bn=train"]])
+def test_cache_features_true_needs_a_fixed_trunk(generated, tmp_path, strategy):
+    cfg = compose_config([*on_cpu(generated), *strategy, "strategy.cache_features=true"])
+    with pytest.raises(StrategyError, match="needs strategy=freeze with strategy.bn=eval"):
+        train(cfg, tmp_path / "run")
+
+
+def test_freeze_with_trainable_batchnorm_runs_end_to_end_by_default(generated, tmp_path):
+    cfg = compose_config(
+        [*on_cpu(generated), "strategy=freeze", "strategy.bn=train", "trainer.fast_dev_run=true"]
+    )
+    assert train(cfg, tmp_path / "run")["feature_cache"] is False

@@ -12,10 +12,12 @@ Nothing here imports Lightning or Hydra: the same functions serve the benchmark 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tlbench.images import read_image
+from tlbench.images import BadImageError, read_image
 
 _PIL_INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+log = logging.getLogger(__name__)
 
 
 def resize_center_crop(im: Image.Image, resize_size: int, crop_size: int, interpolation: str) -> Image.Image:
@@ -48,11 +51,17 @@ def resize_center_crop(im: Image.Image, resize_size: int, crop_size: int, interp
 
 
 def image_sizes(paths: Sequence[str | Path]) -> set[tuple[int, int]]:
-    """The distinct (width, height) of the images in a file list, read from headers (no pixels decoded)."""
+    """The distinct (width, height) of the images in a file list, read from headers (no pixels decoded).
+
+    A file whose header cannot be read is left out here; decoding it reports it as a bad image.
+    """
     sizes = set()
     for path in paths:
-        with Image.open(path) as im:
-            sizes.add(im.size)
+        try:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
     return sizes
 
 
@@ -85,7 +94,8 @@ def resize_center_crop_uint8(
     return out
 
 
-def _file_fingerprint(paths: Sequence[str | Path]) -> str:
+def file_fingerprint(paths: Sequence[str | Path]) -> str:
+    """Changes when any file's size or modification time does (no pixels read)."""
     digest = hashlib.sha256()
     for path in paths:
         st = os.stat(path)
@@ -93,15 +103,49 @@ def _file_fingerprint(paths: Sequence[str | Path]) -> str:
     return digest.hexdigest()
 
 
-def _cache_file(cache_dir: Path, paths: Sequence[str | Path], tag: str) -> Path:
+def cache_file(cache_dir: str | Path, items: Sequence, tag: str, kind: str) -> Path:
+    """Where the result for this exact item list and settings lives: one file per (items, tag)."""
     digest = hashlib.sha256(tag.encode())
-    for path in paths:
-        digest.update(os.fsencode(os.path.abspath(path)) + b"\n")
-    return cache_dir / f"uint8-{digest.hexdigest()[:24]}.pt"
+    for item in items:
+        digest.update(os.fsencode(os.path.abspath(item)) + b"\n")
+    return Path(cache_dir) / f"{kind}-{digest.hexdigest()[:24]}.pt"
+
+
+def load_cached(path: Path, fingerprint: str) -> dict | None:
+    """The payload saved at `path` if it is readable and was made from files with this fingerprint.
+
+    A file cut short by a crash or a full disk is decoded again with a warning: it is a cache, never the
+    reason a run fails.
+    """
+    if not path.exists():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable cache file is rebuilt
+        log.warning("cache file %s is unreadable (%s); rebuilding it", path, type(error).__name__)
+        return None
+    return cached if isinstance(cached, dict) and cached.get("fingerprint") == fingerprint else None
+
+
+def save_cached(path: Path, payload: dict) -> None:
+    """Atomic (temporary file + rename): a reader never sees half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        log.warning("could not write the cache file %s (%s); continuing without it", path, error)
+
+
+@dataclass
+class Decoded:
+    images: torch.Tensor  # uint8 (N, C, crop, crop) in the order of the items; rows of bad items are zero
+    bad: dict[str, str]  # item → why it could not be decoded
 
 
 def decode_to_uint8(
-    paths: Sequence,
+    items: Sequence,
     size: int,
     in_chans: int = 3,
     crop_size: int | None = None,
@@ -109,45 +153,48 @@ def decode_to_uint8(
     cache_dir: str | Path | None = None,
     num_threads: int | None = None,
     read: Callable[[object], Image.Image] | None = None,
-) -> torch.Tensor:
-    """Decode each image once into a (N, in_chans, crop, crop) uint8 tensor, in the order of `paths`.
+) -> Decoded:
+    """Decode each image once into a (N, in_chans, crop, crop) uint8 tensor, in the order of `items`.
 
     Each image is resized so its shorter side is `size`, then centre-cropped to `crop_size` (default `size`):
     train images are stored whole-ish at `size` so a RandomResizedCrop still has pixels to choose from, eval
     images as the final Resize(size)+CenterCrop(crop_size) the model sees. `read` turns an item into a PIL
-    image in the right mode (default: `tlbench.images.read_image` on a file path). With `cache_dir` (file
-    paths only), the tensor is saved there, keyed by the file list and these settings, and decoded again
+    image in the right mode (default: `tlbench.images.read_image` on a file path). This pass is also the
+    bad-image check: a file that cannot be decoded is listed in `bad`, not raised. With `cache_dir` (file
+    paths only) the result is saved there, keyed by the file list and these settings, and decoded again
     when any file's size or modification time changes.
     """
     read = read or (lambda path: read_image(path, in_chans))
     crop_size = size if crop_size is None else crop_size
     tag = f"v{_CACHE_FORMAT}|{size}|{crop_size}|{in_chans}|{interpolation}"
-    cache_path = fingerprint = None
+    path = fingerprint = None
     if cache_dir is not None:
-        cache_path = _cache_file(Path(cache_dir), paths, tag)
-        fingerprint = _file_fingerprint(paths)
-        if cache_path.exists():
-            cached = torch.load(cache_path, map_location="cpu", weights_only=True)
-            if cached["fingerprint"] == fingerprint:
-                return cached["images"]
+        path, fingerprint = cache_file(cache_dir, items, tag, "uint8"), file_fingerprint(items)
+        cached = load_cached(path, fingerprint)
+        if cached is not None:
+            return Decoded(cached["images"], dict(cached["bad"]))
 
-    def decode_one(path: str | Path) -> np.ndarray:
-        im = resize_center_crop(read(path), size, crop_size, interpolation)
+    def decode_one(item) -> np.ndarray | str:
+        try:
+            im = resize_center_crop(read(item), size, crop_size, interpolation)
+        except BadImageError as error:
+            cause = error.__cause__ or error  # the reason alone: the item is the key it is listed under
+            return f"{type(cause).__name__}: {cause}"
         return np.array(im).reshape(crop_size, crop_size, in_chans)
 
-    images = torch.empty((len(paths), crop_size, crop_size, in_chans), dtype=torch.uint8)
+    images = torch.zeros((len(items), crop_size, crop_size, in_chans), dtype=torch.uint8)
+    bad = {}
     # PIL releases the GIL while decoding and resizing, so threads scale without pickling pixels around.
     with ThreadPoolExecutor(max_workers=num_threads or min(32, os.cpu_count() or 1)) as pool:
-        for i, pixels in enumerate(pool.map(decode_one, paths, chunksize=64)):
-            images[i] = torch.from_numpy(pixels)
-    images = images.permute(0, 3, 1, 2).contiguous()
-
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"images": images, "fingerprint": fingerprint, "tag": tag}, tmp)
-        os.replace(tmp, cache_path)
-    return images
+        for i, pixels in enumerate(pool.map(decode_one, items, chunksize=64)):
+            if isinstance(pixels, str):
+                bad[items[i]] = pixels
+            else:
+                images[i] = torch.from_numpy(pixels)
+    decoded = Decoded(images.permute(0, 3, 1, 2).contiguous(), bad)
+    if path is not None:
+        save_cached(path, {"images": decoded.images, "bad": bad, "fingerprint": fingerprint, "tag": tag})
+    return decoded
 
 
 def sample_crop_boxes(
@@ -258,7 +305,8 @@ class Normalize:
             self._coeffs[device] = (1.0 / (255.0 * std), -mean / std)
         return self._coeffs[device]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        # `generator` is unused: normalising draws nothing; it keeps one signature for every transform.
         scale, shift = self._scale_shift(x.device)
         out = torch.addcmul(shift, x.float(), scale)
         if self.channels_last:
@@ -273,8 +321,9 @@ class EvalPreprocess(Normalize):
 class GpuAugment:
     """RandomResizedCrop + RandomHorizontalFlip + Normalize for a uint8 batch, on the batch's device.
 
-    Every sample gets its own box and flip, drawn from a generator seeded once, so a run is repeatable on
-    the same device. Output: float (or `dtype`), normalised, channels_last when asked.
+    Every sample gets its own box and flip, drawn from the generator passed in (the loader's, seeded per
+    epoch, so a resumed run draws what the uninterrupted one drew). Output: float (or `dtype`), normalised,
+    channels_last when asked.
     """
 
     def __init__(
@@ -288,7 +337,6 @@ class GpuAugment:
         interpolation: str = "bilinear",
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
-        seed: int = 0,
     ):
         self.crop_size = crop_size
         self.scale = scale
@@ -296,30 +344,28 @@ class GpuAugment:
         self.hflip = hflip
         self.interpolation = interpolation
         self.normalize = Normalize(mean, std, dtype=dtype, channels_last=channels_last)
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[device]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n, _, height, width = images.shape
-        gen = self.generator(images.device)
-        boxes = sample_crop_boxes(n, height, width, self.scale, self.ratio, gen, images.device)
+        boxes = sample_crop_boxes(n, height, width, self.scale, self.ratio, generator, images.device)
         flip = None
         if self.hflip:
-            flip = torch.rand(n, generator=gen, device=images.device) < 0.5
+            flip = torch.rand(n, generator=generator, device=images.device) < 0.5
         return self.normalize(resized_crop(images, boxes, self.crop_size, flip, self.interpolation))
 
 
-class InMemoryLoader:
-    """Batches of (images[idx], labels[idx]) from tensors, shuffled by a seeded generator.
+def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
+    """One generator per (seed, epoch): epoch k draws the same numbers whether or not the run was resumed."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
-    The tensors stay wherever they are (move them to the GPU once with `.to(device)`), so indexing a batch
-    is a gather on that device and nothing is copied per step. `transform` (e.g. GpuAugment) is applied to
-    each image batch. Also serves cached features: any (N, ...) tensor works.
+
+class InMemoryLoader:
+    """Batches of (transform(images[idx]), labels[idx]) from tensors, shuffled anew (and seeded) each epoch.
+
+    The tensors stay wherever they are (move them to the GPU once), so indexing a batch is a gather on that
+    device and nothing is copied per step. `transform(x, generator)` (e.g. GpuAugment) gets the epoch's
+    generator. `epoch_of` says which epoch is starting (the trainer's); without it each pass counts as the
+    next epoch. Also serves cached features: any (N, ...) tensor works.
     """
 
     def __init__(
@@ -328,9 +374,9 @@ class InMemoryLoader:
         labels: torch.Tensor,
         batch_size: int,
         shuffle: bool = True,
-        drop_last: bool = False,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
+        epoch_of: Callable[[], int] | None = None,
     ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -338,32 +384,27 @@ class InMemoryLoader:
         self.labels = labels
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.drop_last = drop_last
         self.transform = transform
         self.seed = seed
-        self._generator: torch.Generator | None = None
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> InMemoryLoader:
-        self.images = self.images.to(device, non_blocking=non_blocking)
-        self.labels = self.labels.to(device, non_blocking=non_blocking)
-        self._generator = None
-        return self
+        self.epoch_of = epoch_of
+        self.passes = 0
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch_of() if self.epoch_of is not None else self.passes
+        self.passes += 1
         n, device = len(self.labels), self.labels.device
-        if self.shuffle:
-            if self._generator is None:
-                self._generator = torch.Generator(device=device).manual_seed(self.seed)
-            order = torch.randperm(n, generator=self._generator, device=device)
-        for b in range(len(self)):
-            if self.shuffle:
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                x, y = self.images[idx], self.labels[idx]
+        generator = epoch_generator(device, self.seed, epoch)
+        order = torch.randperm(n, generator=generator, device=device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                x, y = (
+                    self.images[start : start + self.batch_size],
+                    self.labels[start : start + self.batch_size],
+                )
             else:
-                x = self.images[b * self.batch_size : (b + 1) * self.batch_size]
-                y = self.labels[b * self.batch_size : (b + 1) * self.batch_size]
-            yield (self.transform(x) if self.transform is not None else x), y
+                idx = order[start : start + self.batch_size]
+                x, y = self.images[idx], self.labels[idx]
+            yield (self.transform(x, generator) if self.transform is not None else x), y

@@ -8,6 +8,7 @@ download: the saved hyper-parameters point at random init because the checkpoint
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import lightning as L
@@ -23,16 +24,17 @@ from torchmetrics.classification import (
 )
 
 from tlbench.backbones import Preset, build_backbone
+from tlbench.steps import GraphedForwardBackward, resolve_cuda_graph
 from tlbench.strategies import (
     BN_POLICIES,
     GradualUnfreezing,
     StrategyError,
     build_optimizer,
     build_scheduler,
-    check_cache_features,
     count_parameters,
     initial_trainable_stages,
     parameter_groups,
+    resolve_cache_features,
     set_frozen_batchnorm_eval,
     set_trainable,
     stage_learning_rates,
@@ -47,7 +49,7 @@ DEFAULT_STRATEGY = {
     "layer_decay": None,
     "unfreeze_every": 1,
     "train_input_conv": True,
-    "cache_features": False,
+    "cache_features": "auto",
 }
 DEFAULT_OPTIM = {
     "name": "adamw",
@@ -58,6 +60,7 @@ DEFAULT_OPTIM = {
     "step_epochs": 7,
     "gamma": 0.1,
     "label_smoothing": 0.0,
+    "cuda_graph": "auto",
 }
 
 
@@ -109,7 +112,7 @@ class TransferModule(L.LightningModule):
         self.optim = with_defaults(optim, DEFAULT_OPTIM, "optim")
         if self.strategy["bn"] not in BN_POLICIES:
             raise StrategyError(f"strategy.bn must be one of {BN_POLICIES}, got {self.strategy['bn']!r}")
-        check_cache_features(self.strategy)
+        self.caches_features = resolve_cache_features(self.strategy)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
@@ -135,6 +138,8 @@ class TransferModule(L.LightningModule):
             self.val_binary = binary_metrics().clone(prefix="val/")
             self.test_binary = binary_metrics().clone(prefix="test/")
         self.test_per_class_result: dict[str, float] = {}
+        self.graphed: GraphedForwardBackward | None = None
+        self.batches_per_epoch: int | None = None  # train batches per epoch, when the data side says
 
     # ------------------------------------------------------------------------------------ strategy state
     @property
@@ -157,6 +162,8 @@ class TransferModule(L.LightningModule):
     def set_trainable_stages(self, names: list[str]) -> None:
         self.trainable_stages = list(names)
         set_trainable(self.net, self.stages, self.trainable_stages, self.extra_trainable)
+        if getattr(self, "graphed", None) is not None:
+            self.graphed.reset()  # a captured backward computes the gradients of the old trainable set
         if self.training:
             self.apply_bn_policy()
 
@@ -176,35 +183,43 @@ class TransferModule(L.LightningModule):
         return {"trainable_params": trainable, "total_params": total}
 
     # ----------------------------------------------------------------------------------------- steps
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A 2-D batch is the frozen trunk's features (data side, strategy.cache_features): head only.
+        return self.net.head(x) if x.ndim == 2 else self.net(x)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen trunk's features of an image batch, float32 on this module's device (eval mode, as
+        frozen BatchNorm is; the precision the trainer trains in)."""
+        trunk, was_training = self.net.trunk, self.net.trunk.training
+        trunk.eval()
+        bf16 = (
+            self.device.type == "cuda" and self._trainer is not None and "bf16" in str(self.trainer.precision)
+        )
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            features = trunk(self.prepare_images(images.to(self.device, non_blocking=True))).float()
+        trunk.train(was_training)
+        return features
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device.type == "cuda":
+        if images.device.type == "cuda" and images.ndim == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """uint8 batches (data.gpu_cache) are augmented / normalised here, on the device; float batches
-        from the streaming path arrive ready and pass through."""
-        images, targets = batch
-        if images.dtype != torch.uint8:
-            return batch
-        datamodule = self.trainer.datamodule
-        if not hasattr(datamodule, "train_gpu_transform"):
-            raise TypeError(
-                "uint8 image batches need an ImageDataModule with data.gpu_cache=true to preprocess them; "
-                "pass float images normalised with the module's preset otherwise"
-            )
-        transform = datamodule.train_gpu_transform if self.trainer.training else datamodule.eval_gpu_transform
-        return transform(images), targets
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            use = resolve_cuda_graph(self.optim["cuda_graph"], self.trainer)
+            self.graphed = GraphedForwardBackward(self) if use else None
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        logits = self(self.prepare_images(images))
+        x = self.prepare_images(images)
+        logits = self.graphed(x) if self.graphed is not None else self(x)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.optim["label_smoothing"])
         self.train_acc(logits, targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        # On a GPU a per-step value in the progress bar is a host sync every step: epoch means only there.
+        cpu = self.device.type == "cpu"
+        self.log("train/loss", loss, on_step=cpu, on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -259,9 +274,8 @@ class TransferModule(L.LightningModule):
         groups = parameter_groups(
             self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable
         )
-        optimizer = build_optimizer(groups, o["name"], o["momentum"])
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
+        optimizer = build_optimizer(groups, o["name"], o["momentum"], fused=self.device.type == "cuda")
+        steps_per_epoch, total_steps = self.schedule_length()
         scheduler = build_scheduler(
             optimizer,
             o["scheduler"],
@@ -274,6 +288,25 @@ class TransferModule(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def schedule_length(self) -> tuple[int, int]:
+        """(optimizer steps per epoch, in all) for the learning-rate schedule.
+
+        With `batches_per_epoch` given (train.py gives the data side's count), no batch is drawn to count
+        them: Lightning's `estimated_stepping_batches` draws the first one while it configures the
+        optimizers, before a resumed run has restored its epoch, and that batch would be epoch 0's.
+        """
+        trainer = self.trainer
+        if self.batches_per_epoch is None:
+            total = max(1, int(trainer.estimated_stepping_batches))
+            return max(1, total // max(1, trainer.max_epochs or 1)), total
+        limit, batches = trainer.limit_train_batches, self.batches_per_epoch
+        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        total = per_epoch * max(1, trainer.max_epochs or 1)
+        if trainer.max_steps and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps)
+        return per_epoch, total
 
     def configure_callbacks(self) -> list[L.Callback]:
         if self.strategy["name"] == "gradual":

@@ -21,30 +21,42 @@ VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetri
 
 
 class RunCost(L.Callback):
-    """Train images per second (data loading included, validation excluded) and peak memory."""
+    """Train images per second and peak memory of a fit.
+
+    Train time is the fit's wall time less validation: loading batches and anything the data side does to
+    make them (decoding, embedding features for cached freeze training) counts, validating does not.
+    """
 
     def __init__(self) -> None:
         self.train_images = 0
         self.train_seconds = 0.0
-        self.epoch_start = 0.0
-        self.epoch_elapsed = 0.0
+        self.since: float | None = None
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_fit_start(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         else:
             reset_cpu_peak()
+        self.since = time.perf_counter()
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.epoch_start = time.perf_counter()
-        self.epoch_elapsed = 0.0
+    def pause(self) -> None:
+        if self.since is not None:
+            self.train_seconds += time.perf_counter() - self.since
+            self.since = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.pause()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            self.since = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.train_images += len(batch[1])
-        self.epoch_elapsed = time.perf_counter() - self.epoch_start
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.train_seconds += self.epoch_elapsed
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.pause()
 
     @property
     def images_per_second(self) -> float | None:

@@ -81,15 +81,21 @@ def initial_trainable_stages(
     return [s for s in backbone if s in train_stages] + [HEAD]
 
 
-def check_cache_features(strategy: dict) -> None:
-    """Cached features equal end-to-end training only when the whole trunk is a fixed function."""
-    if strategy.get("cache_features") and (strategy["name"] != "freeze" or strategy["bn"] != "eval"):
+def resolve_cache_features(strategy: dict) -> bool:
+    """Cached features equal end-to-end training only when the whole trunk is a fixed function: `auto`
+    caches exactly then (freeze with bn=eval); `true` elsewhere is refused with the reason."""
+    choice = strategy.get("cache_features", "auto")
+    if choice not in ("auto", True, False):
+        raise StrategyError(f"strategy.cache_features must be auto, true or false, got {choice!r}")
+    fixed_trunk = strategy["name"] == "freeze" and strategy["bn"] == "eval"
+    if choice is True and not fixed_trunk:
         raise StrategyError(
             "strategy.cache_features=true needs strategy=freeze with strategy.bn=eval "
             f"(got strategy={strategy['name']}, bn={strategy['bn']}): features can be computed once only "
             "when no trunk weight and no BatchNorm statistic changes during training. "
             "Use strategy=freeze, or strategy.cache_features=false."
         )
+    return fixed_trunk if choice == "auto" else choice
 
 
 def set_trainable(
@@ -168,9 +174,12 @@ def parameter_groups(
     return list(groups.values())
 
 
-def build_optimizer(groups: list[dict], name: str, momentum: float = 0.9) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: list[dict], name: str, momentum: float = 0.9, fused: bool = False
+) -> torch.optim.Optimizer:
+    """`fused`: one kernel updates every parameter (CUDA), instead of a launch per tensor."""
     if name == "adamw":
-        return torch.optim.AdamW(groups)
+        return torch.optim.AdamW(groups, fused=fused or None)
     if name == "sgd":
         return torch.optim.SGD(groups, momentum=momentum, nesterov=momentum > 0)
     raise StrategyError(f"unknown optim.name {name!r}; choose one of: adamw, sgd")

@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tlbench import sweep
 from tlbench.backbones import get_preset
 from tlbench.data import ImageDataModule
-from tlbench.feature_training import fit_on_cached_features
 from tlbench.module import TransferModule
 from tlbench.results import (
     RESULTS_FILE,
@@ -40,12 +39,11 @@ from tlbench.results import (
     versions,
     write_json_atomic,
 )
+from tlbench.runtime import keep_freed_memory
 
 log = logging.getLogger("tlbench")
 # Frozen BatchNorm layers are in eval mode on purpose (strategy.bn=eval); Lightning warns about it each fit.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-# TransferModule finishes uint8 batches (data.gpu_cache) in on_after_batch_transfer, on purpose.
-warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
 
 LOGGERS = ("tensorboard", "csv", "none")
 # Keys of the data config that are not DataModule arguments.
@@ -150,6 +148,7 @@ def log_hparams(trainer: L.Trainer, params: dict, metrics: dict[str, float]) -> 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
     started = time.perf_counter()
+    keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
     datamodule.setup()
@@ -167,17 +166,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ", ".join(module.trainable_stages),
     )
 
+    module.batches_per_epoch = datamodule.batches_per_epoch()
+    if module.caches_features:
+        datamodule.use_features(module.embed)
     cost = RunCost()
     trainer, checkpoint = build_trainer(cfg, run_dir, cost)
     last = run_dir / "checkpoints" / "last.ckpt"
-    feature_cache = bool(cfg.strategy.get("cache_features", False))
-    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run and not feature_cache else None
+    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
     if resume:
         log.info("resuming from %s", resume)
-    if feature_cache:
-        fit_on_cached_features(trainer, module, datamodule, checkpoint, cost)
-    else:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     best = checkpoint.best_model_path or None
@@ -197,7 +195,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "test_split": datamodule.data.test_split,
         "wall_time_s": time.perf_counter() - started,
         "train_images_per_s": cost.images_per_second,
-        "feature_cache": feature_cache,
+        "pipeline": datamodule.pipeline.name,
+        "feature_cache": module.caches_features,
+        "cuda_graph": module.graphed is not None and module.graphed.graphed is not None,
         **peak_memory(),
         **module.parameter_counts(),
         "trainable_stages": module.trainable_stages,

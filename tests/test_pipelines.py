@@ -1,9 +1,8 @@
-"""The fast path as a user meets it: data.gpu_cache (decode once, preprocess batches on the device) and
-strategy.cache_features (freeze without running the frozen network every epoch), on the CPU."""
+"""The pipelines as a user meets them: data.pipeline=memory (decode once, preprocess batches on the device)
+against streaming, on the CPU; decoding once per sweep; unreadable images found by either."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -13,12 +12,12 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder, small
+from tlbench import sources
 from tlbench.backbones import Preset
 from tlbench.data import ImageDataModule
 from tlbench.module import TransferModule
 from tlbench.sources import DataError
-from tlbench.strategies import StrategyError
-from tlbench.train import build_datamodule, build_module, compose_config, train
+from tlbench.train import compose_config, train
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"
@@ -66,17 +65,16 @@ def tiny_module(num_classes: int, in_chans: int) -> TransferModule:
 # Square images take the device-resize path for eval (CIFAR's); 40×32 ones are resized with PIL when decoded.
 @pytest.mark.parametrize("size", [(32, 32), (40, 32)])
 @pytest.mark.parametrize("preset", [GRAY, RGB], ids=["1ch", "3ch"])
-def test_gpu_cache_gives_the_streaming_batches_preprocessed_on_the_device(tmp_path, size, preset):
+def test_memory_pipeline_gives_the_streaming_batches_preprocessed_on_the_device(tmp_path, size, preset):
     root = make_image_folder(tmp_path / "images", per_split={"train": 6, "val": 3}, size=size)
     add_odd_modes(root / "val" / "cat", size)
-    streaming, cached = datamodule(root, preset), datamodule(root, preset, gpu_cache=True)
+    streaming = datamodule(root, preset, pipeline="streaming")
+    cached = datamodule(root, preset, pipeline="memory")
 
     for split in ("train", "val", "test"):
         a, b = getattr(streaming, f"{split}_dataloader")(), getattr(cached, f"{split}_dataloader")()
         assert len(a) == len(b)
         assert sorted(torch.cat([y for _, y in a]).tolist()) == sorted(torch.cat([y for _, y in b]).tolist())
-        images, _ = next(iter(b))
-        assert images.dtype == torch.uint8 and images.shape[1] == len(preset.mean)
 
     seen = SeenBatches()
     trainer = L.Trainer(
@@ -117,76 +115,72 @@ def generated(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4, "test": 4})
 
 
-def test_gpu_cache_fast_dev_run_end_to_end_with_a_disk_cache(generated, tmp_path):
-    overrides = [*small_on_cpu(generated), "data.gpu_cache=true", f"data.cache_dir={tmp_path / 'cache'}"]
+def test_memory_fast_dev_run_end_to_end_with_a_disk_cache(generated, tmp_path):
+    overrides = [*small_on_cpu(generated), "data.pipeline=memory", f"data.cache_dir={tmp_path / 'cache'}"]
     results = train(compose_config([*overrides, "trainer.fast_dev_run=true"]), tmp_path / "run")
     assert results["status"] == "complete" and 0.0 <= results["metrics"]["test/acc"] <= 1.0
-    assert results["config"]["data"]["gpu_cache"] is True and results["feature_cache"] is False
+    assert results["pipeline"] == "memory" and results["feature_cache"] is False
     assert len(list((tmp_path / "cache").glob("uint8-*.pt"))) == 3  # train, val, test
 
 
-def test_gpu_cache_refuses_to_start_above_its_memory_limit(generated):
-    dm = datamodule(generated, RGB, gpu_cache=True, gpu_cache_max_gb=1e-6)
+def test_memory_refuses_to_start_above_its_memory_limit(generated):
+    dm = datamodule(generated, RGB, pipeline="memory", memory_max_gb=1e-6)
     with pytest.raises(DataError, match="GB of uint8 images") as error:
         dm.setup()
-    assert "data.gpu_cache=false" in str(error.value) and "data.gpu_cache_max_gb" in str(error.value)
+    assert "data.pipeline=streaming" in str(error.value) and "data.memory_max_gb" in str(error.value)
     assert "train 16 × 3×32×32" in str(error.value)
 
 
-def head_of(module: TransferModule) -> torch.Tensor:
-    return torch.cat([module.net.head.weight.detach().flatten(), module.net.head.bias.detach()])
+def test_auto_holds_the_images_in_memory_only_when_they_fit(generated):
+    assert datamodule(generated, RGB).pipeline is None, "nothing is read before setup"
+    fits, too_big = datamodule(generated, RGB), datamodule(generated, RGB, memory_max_gb=1e-6)
+    fits.setup(), too_big.setup()
+    assert fits.pipeline.name == "memory" and too_big.pipeline.name == "streaming"
+    with pytest.raises(DataError, match="data.pipeline must be one of auto, streaming, memory"):
+        datamodule(generated, RGB, pipeline="gpu")
 
 
-def test_cache_features_trains_the_head_the_end_to_end_freeze_run_trains(generated, tmp_path):
-    """Augmentation off, constant learning rate, no weight decay: training the head on cached features is
-    then the same computation as `trainer.fit` with the frozen network in the loop (same init, same batch
-    order from the in-memory loader), so the two heads agree weight for weight after 2 epochs. Not proven
-    here: equality with augmentation on (each epoch is its own random view on either path) or with a
-    scheduler (cache_features keeps head_lr constant)."""
-    overrides = [
-        *small_on_cpu(generated),
-        "strategy=freeze",
-        "strategy.head_lr=0.01",
-        "optim.scheduler=none",
-        "optim.weight_decay=0",
-        "data.gpu_cache=true",
-        "data.train_crop_scale=[1.0,1.0]",
-        "data.hflip=false",
-        "trainer.max_epochs=2",
-    ]
-    results = train(compose_config([*overrides, "strategy.cache_features=true"]), tmp_path / "cached")
+@pytest.mark.parametrize("pipeline", ["streaming", "memory"])
+def test_a_sweep_reads_the_images_once(generated, tmp_path, monkeypatch, pipeline):
+    """The second run over the same files (another seed or strategy of a sweep) finds the decoded splits or
+    the bad-image check in the cache and decodes no image (headers give sizes); a changed file is read."""
+    cache = str(tmp_path / "cache")
+    first = datamodule(generated, RGB, pipeline=pipeline, cache_dir=cache)
+    first.setup()
 
-    assert results["feature_cache"] is True and results["train_images_per_s"] > 0
-    assert {"test/acc", "test/f1_macro", "val/acc"} <= set(results["metrics"])
-    assert results["best_checkpoint"] == "checkpoints/best.ckpt" and results["best_val"] is not None
-    assert json.loads((tmp_path / "cached" / "results.json").read_text())["feature_cache"] is True
-    checkpoints = tmp_path / "cached" / "checkpoints"
-    best = TransferModule.load_from_checkpoint(
-        checkpoints / "best.ckpt", map_location="cpu", weights_only=True
-    )
-    assert best.strategy["cache_features"] is True and best.net.head.out_features == 2
-    last = TransferModule.load_from_checkpoint(
-        checkpoints / "last.ckpt", map_location="cpu", weights_only=True
-    )
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded again")
 
-    # The same run end to end, built the way train() builds it (seed, data, module).
-    cfg = compose_config(overrides)
-    L.seed_everything(cfg.seed)
-    datamodule = build_datamodule(cfg, tmp_path / "fit")
-    datamodule.setup()
-    module = build_module(cfg, datamodule)
-    start = head_of(module)
-    trainer = L.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(module, datamodule=datamodule)
-    assert not torch.allclose(head_of(module), start, atol=1e-3), "the head did train"
-    assert torch.allclose(head_of(last), head_of(module), atol=1e-5)
+    monkeypatch.setattr(sources, "read_image", no_decoding)
+    monkeypatch.setattr(sources, "check_image", no_decoding)
+    again = datamodule(generated, RGB, pipeline=pipeline, cache_dir=cache)
+    again.setup()
+    assert again.split_sizes() == first.split_sizes()
+    monkeypatch.undo()
+
+    changed = sorted((generated / "train" / "cat").iterdir())[0]
+    changed.write_bytes(b"not an image any more")
+    third = datamodule(generated, RGB, pipeline=pipeline, cache_dir=cache)
+    third.setup()
+    assert list(third.bad_images) == [str(changed)]
 
 
-@pytest.mark.parametrize("strategy", [["strategy=partial"], ["strategy=freeze", "strategy.bn=train"]])
-def test_cache_features_needs_a_fixed_trunk(generated, tmp_path, strategy):
-    cfg = compose_config([*small_on_cpu(generated), *strategy, "strategy.cache_features=true"])
-    with pytest.raises(StrategyError, match="needs strategy=freeze with strategy.bn=eval"):
-        train(cfg, tmp_path / "run")
+@pytest.mark.parametrize("pipeline", ["streaming", "memory"])
+def test_both_pipelines_leave_out_the_same_unreadable_images(generated, pipeline):
+    train_cat = sorted((generated / "train" / "cat").iterdir())
+    train_cat[0].write_bytes(train_cat[0].read_bytes()[:300])  # truncated JPEG
+    (generated / "val" / "dog" / "empty.png").write_bytes(b"")
+    dm = datamodule(generated, RGB, pipeline=pipeline)
+    with pytest.warns(UserWarning, match="skipping 2 unreadable image"):
+        dm.setup()
+    assert sorted(dm.bad_images) == sorted([str(train_cat[0]), str(generated / "val" / "dog" / "empty.png")])
+    assert dm.split_sizes() == {"train": 15, "val": 8, "test": 8}
+    assert sum(len(y) for _, y in dm.train_dataloader()) == 15
+
+
+@pytest.mark.parametrize("pipeline", ["streaming", "memory"])
+def test_a_class_whose_every_image_is_unreadable_stops_the_run(generated, pipeline):
+    for path in (generated / "train" / "dog").iterdir():
+        path.write_bytes(b"broken")
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="no readable image of class.*dog"):
+        datamodule(generated, RGB, pipeline=pipeline).setup()

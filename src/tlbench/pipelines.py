@@ -1,0 +1,312 @@
+"""How a split's images reach the network: one object per way of feeding batches.
+
+  StreamingPipeline  a DataLoader opens, decodes and transforms every image on the CPU, every epoch: any
+                     dataset size, the CPU sets the pace (two workers feed a ResNet-18 ~800 images/s)
+  MemoryPipeline     every image decoded once into uint8 (kept on disk between runs), held on the trainer's
+                     device; each batch is cropped, flipped and normalised there, with no Python loop over
+                     samples (fastdata.py)
+  FeaturePipeline    (features.py) wraps either one for strategy=freeze: the frozen trunk's features
+                     instead of images
+
+Each pipeline `load`s the splits, finding unreadable images in the same pass that reads them and leaving
+them out, and hands out loaders whose batches are ready for the network: nothing downstream, the
+LightningModule included, needs to know which pipeline made them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from tlbench.backbones import Preset
+from tlbench.fastdata import (
+    EvalPreprocess,
+    GpuAugment,
+    InMemoryLoader,
+    cache_file,
+    decode_to_uint8,
+    epoch_generator,
+    file_fingerprint,
+    image_sizes,
+    load_cached,
+    resize_center_crop_uint8,
+    save_cached,
+)
+from tlbench.sources import SPLITS, DataError, LabelledItems, ReadArray, SourceData, find_bad_files
+
+log = logging.getLogger(__name__)
+PIPELINES = ("auto", "streaming", "memory")
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """What every pipeline needs to know about the images it feeds (one DataModule's settings)."""
+
+    preset: Preset
+    in_chans: int
+    crop_scale: tuple[float, float]
+    hflip: bool
+    seed: int
+    num_workers: int
+    cache_dir: str | None
+    memory_max_gb: float
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+def interpolation_mode(name: str) -> InterpolationMode:
+    try:
+        return InterpolationMode(name.lower())
+    except ValueError as error:
+        valid = ", ".join(m.value for m in InterpolationMode)
+        raise DataError(f"unknown interpolation {name!r}; choose one of: {valid}") from error
+
+
+def to_normalized_tensor(preset: Preset) -> list:
+    return [
+        T.ToImage(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(list(preset.mean), list(preset.std)),
+    ]
+
+
+def eval_transform(preset: Preset) -> T.Compose:
+    resize = T.Resize(
+        preset.resize_size, interpolation=interpolation_mode(preset.interpolation), antialias=True
+    )
+    return T.Compose([resize, T.CenterCrop(preset.crop_size), *to_normalized_tensor(preset)])
+
+
+def train_transform(
+    preset: Preset, crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True
+) -> T.Compose:
+    crop = T.RandomResizedCrop(
+        preset.crop_size,
+        scale=tuple(crop_scale),
+        interpolation=interpolation_mode(preset.interpolation),
+        antialias=True,
+    )
+    flip = [T.RandomHorizontalFlip()] if hflip else []
+    return T.Compose([crop, *flip, *to_normalized_tensor(preset)])
+
+
+def drop_items(data: SourceData, bad: dict[str, str]) -> None:
+    for name, split in data.splits.items():
+        data.splits[name] = split.select([i for i, item in enumerate(split.items) if item not in bad])
+
+
+# ----------------------------------------------------------------------------------------------- streaming
+class ImageListDataset(Dataset):
+    def __init__(self, split: LabelledItems, read: Callable, transform: Callable):
+        self.split, self.read, self.transform = split, read, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.read(self.split.items[index])), self.split.targets[index]
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh order each epoch, drawn from (seed, epoch): a resumed run sees the order it would have seen."""
+
+    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int]):
+        self.n, self.seed, self.epoch_of = n, seed, epoch_of
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = epoch_generator(torch.device("cpu"), self.seed, self.epoch_of())
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+def find_unreadable(files: list[str], cache_dir: str | None) -> dict[str, str]:
+    """The bad-image check of the streaming path, remembered per file list: a sweep checks once."""
+    path = fingerprint = None
+    if cache_dir is not None and files:
+        path, fingerprint = cache_file(cache_dir, files, "scan-v1", "scan"), file_fingerprint(files)
+        cached = load_cached(path, fingerprint)
+        if cached is not None:
+            return dict(cached["bad"])
+    bad = find_bad_files(files, workers=2 * (os.cpu_count() or 1))
+    if path is not None:
+        save_cached(path, {"bad": bad, "fingerprint": fingerprint})
+    return bad
+
+
+class StreamingPipeline:
+    name = "streaming"
+    single_device = False
+
+    def __init__(self, settings: FeedSettings):
+        self.settings = settings
+        self.datasets: dict[str, ImageListDataset] = {}
+
+    def load(self, data: SourceData) -> dict[str, str]:
+        files = sorted({item for s in data.splits.values() for item in s.items if isinstance(item, str)})
+        bad = find_unreadable(files, self.settings.cache_dir)
+        drop_items(data, bad)
+        s = self.settings
+        transforms = {"train": train_transform(s.preset, s.crop_scale, s.hflip)}
+        transforms["val"] = transforms["test"] = eval_transform(s.preset)
+        self.datasets = {
+            name: ImageListDataset(data.splits[name], data.read, transforms[name]) for name in SPLITS
+        }
+        return bad
+
+    def loader(
+        self, split: str, shuffle: bool, batch_size: int, device: torch.device, epoch_of: Callable[[], int]
+    ) -> DataLoader:
+        dataset, workers = self.datasets[split], self.settings.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochShuffle(len(dataset), self.settings.seed, epoch_of) if shuffle else None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda",
+        )
+
+
+# -------------------------------------------------------------------------------------------------- memory
+@dataclass(frozen=True)
+class DecodePlan:
+    """How one split is decoded: shorter side resized to `size`, centre-cropped to `crop`."""
+
+    size: int
+    crop: int
+    # Small same-sized eval images (CIFAR, MNIST) stay native: resized and cropped once on the device.
+    resize_on_device: bool
+    side_on_device: int  # what the device holds per image: side × side × in_chans bytes
+
+
+def split_image_sizes(split: LabelledItems, read: Callable) -> set[tuple[int, int]]:
+    """The distinct (width, height) of a split's images, from array shapes or file headers."""
+    if isinstance(read, ReadArray):
+        arrays = {item[0] for item in split.items}
+        return {(read.arrays[a].shape[2], read.arrays[a].shape[1]) for a in arrays}
+    return image_sizes(split.items)
+
+
+def decode_plan(name: str, sizes: set[tuple[int, int]], preset: Preset) -> DecodePlan:
+    """Train images keep room for RandomResizedCrop (native size, at most resize_size); eval images end
+    as the Resize + CenterCrop the network sees."""
+    native = min(next(iter(sizes))) if len(sizes) == 1 else None
+    small = native is not None and native <= preset.resize_size
+    if name == "train":
+        size = native if small else preset.resize_size
+        return DecodePlan(size, size, False, size)
+    if small and len(set(next(iter(sizes)))) == 1:
+        # Square: the device's Resize + CenterCrop of the stored image is the streaming path's, exactly.
+        return DecodePlan(native, native, True, preset.crop_size)
+    return DecodePlan(preset.resize_size, preset.crop_size, False, preset.crop_size)
+
+
+@dataclass
+class MemorySplit:
+    images: torch.Tensor  # uint8 (N, C, H, W) on the host
+    labels: torch.Tensor
+    plan: DecodePlan
+
+
+class MemoryPipeline:
+    name = "memory"
+    single_device = True  # every image on one device: not sharded across DDP processes
+
+    def __init__(self, settings: FeedSettings):
+        self.settings = settings
+        p = settings.preset
+        self.augment = GpuAugment(
+            p.crop_size, p.mean, p.std, scale=settings.crop_scale, hflip=settings.hflip,
+            interpolation=p.interpolation,
+        )  # fmt: skip
+        self.preprocess = EvalPreprocess(p.mean, p.std)
+        self.splits: dict[str, MemorySplit] = {}
+        self.on_devices: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def distinct_splits(data: SourceData) -> dict[str, LabelledItems]:
+        """The splits to decode: a test split that is the validation split (no test folder) is not."""
+        splits = dict(data.splits)
+        if splits["test"].items == splits["val"].items:
+            del splits["test"]
+        return splits
+
+    def plans(self, data: SourceData) -> dict[str, DecodePlan]:
+        preset = self.settings.preset
+        return {
+            name: decode_plan(name, split_image_sizes(split, data.read), preset)
+            for name, split in self.distinct_splits(data).items()
+        }
+
+    def size_gb(self, data: SourceData, plans: dict[str, DecodePlan]) -> float:
+        splits, chans = self.distinct_splits(data), self.settings.in_chans
+        return sum(len(splits[n]) * chans * p.side_on_device**2 for n, p in plans.items()) / 1e9
+
+    def load(self, data: SourceData) -> dict[str, str]:
+        s, plans = self.settings, self.plans(data)
+        total_gb = self.size_gb(data, plans)
+        if total_gb > s.memory_max_gb:
+            raise DataError(
+                f"data.pipeline=memory would hold {total_gb:.1f} GB of uint8 images "
+                f"({self.describe(data, plans)}), more than data.memory_max_gb={s.memory_max_gb}. "
+                "Set data.pipeline=streaming or raise data.memory_max_gb."
+            )
+        bad: dict[str, str] = {}
+        decoded = {}
+        for name, split in self.distinct_splits(data).items():
+            plan = plans[name]
+            files_only = all(isinstance(item, str) for item in split.items)
+            decoded[name] = decode_to_uint8(
+                split.items, plan.size, s.in_chans, plan.crop, s.preset.interpolation,
+                cache_dir=s.cache_dir if files_only else None, read=data.read,
+            )  # fmt: skip
+            bad.update(decoded[name].bad)
+        for name, split in self.distinct_splits(data).items():
+            keep = [i for i, item in enumerate(split.items) if item not in bad]
+            images = decoded[name].images if len(keep) == len(split) else decoded[name].images[keep]
+            self.splits[name] = MemorySplit(images, torch.tensor(split.targets)[keep], plans[name])
+        if "test" not in self.splits:
+            self.splits["test"] = self.splits["val"]
+        drop_items(data, bad)
+        return bad
+
+    def describe(self, data: SourceData, plans: dict[str, DecodePlan]) -> str:
+        splits, c = self.distinct_splits(data), self.settings.in_chans
+        return ", ".join(
+            f"{n} {len(splits[n])} × {c}×{p.side_on_device}×{p.side_on_device}" for n, p in plans.items()
+        )
+
+    def on_device(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split's uint8 images and labels on `device`, copied (and eval-resized) once per device."""
+        cached = self.splits[split]
+        key = ("val" if cached is self.splits["val"] else split, device)
+        if key not in self.on_devices:
+            images = cached.images.to(device)
+            if cached.plan.resize_on_device:
+                p = self.settings.preset
+                images = resize_center_crop_uint8(images, p.resize_size, p.crop_size, p.interpolation)
+            self.on_devices[key] = (images, cached.labels.to(device))
+        return self.on_devices[key]
+
+    def loader(
+        self, split: str, shuffle: bool, batch_size: int, device: torch.device, epoch_of: Callable[[], int]
+    ) -> InMemoryLoader:
+        images, labels = self.on_device(split, device)
+        transform = self.augment if split == "train" else self.preprocess
+        return InMemoryLoader(
+            images,
+            labels,
+            batch_size,
+            shuffle,
+            transform=transform,
+            seed=self.settings.seed,
+            epoch_of=epoch_of,
+        )
