@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -19,6 +20,7 @@ from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassF1Score,
 )
 
@@ -73,6 +75,8 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        # Expected calibration error (15 equal-width bins, L1): how far confidence is from accuracy.
+        "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1"),
     }
     if num_classes >= 10:
         metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -135,6 +139,9 @@ class TransferModule(L.LightningModule):
             self.val_binary = binary_metrics().clone(prefix="val/")
             self.test_binary = binary_metrics().clone(prefix="test/")
         self.test_per_class_result: dict[str, float] = {}
+        # Softmax probabilities and targets of the last test pass, in loader order (predictions.csv).
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------ strategy state
     @property
@@ -208,9 +215,12 @@ class TransferModule(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def evaluate(self, batch, stage: str) -> None:
+    def evaluate(self, batch, stage: str) -> torch.Tensor:
+        """Update the stage's metrics with one batch; returns its softmax probabilities."""
         images, targets = batch
         logits = self(self.prepare_images(images))
+        # Probabilities, not logits: the calibration error treats inputs within [0, 1] as probabilities.
+        probs = logits.float().softmax(dim=1)
         self.log(
             f"{stage}/loss",
             F.cross_entropy(logits, targets),
@@ -218,11 +228,12 @@ class TransferModule(L.LightningModule):
             batch_size=len(targets),
         )
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits, targets)
+        metrics.update(probs, targets)
         getattr(self, f"{stage}_per_class").update(logits, targets)
         if self.num_classes == 2:
-            positive_prob = logits.float().softmax(dim=1)[:, self.positive_class]
+            positive_prob = probs[:, self.positive_class]
             getattr(self, f"{stage}_binary").update(positive_prob, (targets == self.positive_class).long())
+        return probs
 
     def log_epoch_metrics(self, stage: str) -> dict[str, float]:
         collections = [getattr(self, f"{stage}_metrics")]
@@ -244,11 +255,21 @@ class TransferModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_metrics("val")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "test")
+        probs = self.evaluate(batch, "test")
+        self.test_outputs.append((probs.detach(), batch[1].detach()))
 
     def on_test_epoch_end(self) -> None:
         self.test_per_class_result = self.log_epoch_metrics("test")
+        if self.test_outputs:
+            probs, targets = (
+                torch.cat(parts).cpu().numpy() for parts in zip(*self.test_outputs, strict=True)
+            )
+            self.test_predictions = (probs, targets)
+        self.test_outputs = []
 
     # ------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
