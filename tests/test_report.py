@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tlbench import report
+from tlbench.predictions import write_predictions
 
 # 3 strategies × 2 seeds with known test accuracies.
 ACCURACY = {"freeze": [0.80, 0.84], "partial": [0.86, 0.90], "full": [0.91, 0.93]}
@@ -212,3 +215,121 @@ def test_runs_as_a_module(sweep_dir: Path):
     )
     assert done.returncode == 0, done.stderr
     assert "6 complete, 1 failed, 1 missing" in done.stdout
+
+
+# ------------------------------------------------------------------ the verdict, cost and calibration
+def write_predictions_for(folder: Path, right: int, n: int = 40) -> None:
+    """Predictions of n test images (the same ones for every run) of which the first `right` are right."""
+    items = [f"/data/hymenoptera/val/{'ants' if i % 2 else 'bees'}/{i:03d}.jpg" for i in range(n)]
+    targets = np.array([1 - i % 2 for i in range(n)])
+    confidence = np.linspace(0.55, 0.99, n)
+    predicted = np.where(np.arange(n) < right, targets, 1 - targets)
+    probs = np.empty((n, 2))
+    probs[np.arange(n), predicted] = confidence
+    probs[np.arange(n), 1 - predicted] = 1 - confidence
+    write_predictions(folder, items, probs, targets, ["ants", "bees"])
+
+
+def assert_png(path: Path, min_size=(400, 300)) -> None:
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1]
+
+
+@pytest.fixture
+def predicted_sweep(tmp_path: Path) -> Path:
+    """freeze / partial / full × 3 seeds with predictions of the same 40 test images."""
+    right = {"freeze": [24, 25, 26], "partial": [36, 37, 38], "full": [37, 37, 38]}
+    for strategy, counts in right.items():
+        for seed, k in enumerate(counts):
+            folder = write_run(
+                tmp_path,
+                f"seed={seed},strategy={strategy}",
+                k / 40,
+                strategy=strategy,
+                seed=seed,
+                wall_time_s={"freeze": 30.0, "partial": 50.0, "full": 70.0}[strategy],
+                trainable_params={"freeze": 1_000, "partial": 100_000, "full": 1_000_000}[strategy],
+            )
+            write_predictions_for(folder, k)
+    return tmp_path
+
+
+def test_verdict_from_predictions_files(predicted_sweep: Path):
+    report.write_report(report.find_runs(predicted_sweep), predicted_sweep)
+    (decision,) = json.loads((predicted_sweep / "summary.json").read_text())["verdict"]
+    assert decision["winner"] is None and decision["cannot_tell_apart"] == ["full", "partial"]
+    top = decision["comparisons"][0]
+    assert (top["a"], top["b"], top["method"]) == ("full", "partial", "bootstrap (crossed)")
+    assert top["diff"] == pytest.approx(1 / 120)  # one image more right in one of three seeds
+    assert top["n_images"] == 40 and top["seeds"] == [0, 1, 2]
+    assert all(c["p_holm"] < 0.05 for c in decision["comparisons"][1:])
+    text = (predicted_sweep / "summary.md").read_text()
+    assert "## Verdict" in text
+    assert "**resnet18** on hymenoptera, all images/class: **full**, **partial** cannot be told apart" in text
+    assert "behind: freeze [bootstrap (crossed)]" in text
+    assert "| full − freeze | +0.308 [" in text  # 37.33 / 40 − 25 / 40
+
+
+def test_pareto_table_and_chart_mark_dominated_configurations(predicted_sweep: Path):
+    report.write_report(report.find_runs(predicted_sweep), predicted_sweep)
+    pareto = {p["strategy"]: p for p in json.loads((predicted_sweep / "summary.json").read_text())["pareto"]}
+    # Each is cheaper than the next and less accurate: none is beaten on every axis.
+    assert pareto["freeze"]["dominated_by"] == [] and pareto["full"]["dominated_by"] == []
+    assert pareto["partial"]["dominated_by"] == []
+    text = (predicted_sweep / "summary.md").read_text()
+    assert "## Cost and accuracy" in text and "| hymenoptera, all images | resnet18 / full |" in text
+    assert_png(predicted_sweep / "pareto.png")
+
+
+def test_a_configuration_worse_on_every_axis_is_dominated(tmp_path: Path):
+    write_run(tmp_path, "fast", 0.9, strategy="freeze", wall_time_s=10.0)
+    write_run(tmp_path, "slow", 0.8, strategy="full", wall_time_s=100.0, trainable_params=99_999)
+    report.write_report(report.find_runs(tmp_path), tmp_path)
+    rows = {p["strategy"]: p for p in json.loads((tmp_path / "summary.json").read_text())["pareto"]}
+    assert rows["full"]["dominated_by"] == ["resnet18 / freeze"] and rows["freeze"]["dominated_by"] == []
+    assert "| dominated by resnet18 / freeze |" in (tmp_path / "summary.md").read_text()
+
+
+def test_reliability_diagram_per_backbone_from_predictions(predicted_sweep: Path):
+    report.write_report(report.find_runs(predicted_sweep), predicted_sweep)
+    assert [p.name for p in predicted_sweep.glob("reliability_*.png")] == ["reliability_resnet18.png"]
+    assert_png(predicted_sweep / "reliability_resnet18.png")
+
+
+def test_without_predictions_the_verdict_says_it_fell_back(sweep_dir: Path):
+    report.write_report(report.find_runs(sweep_dir), sweep_dir)
+    text = (sweep_dir / "summary.md").read_text()
+    assert "[paired t-test: no predictions files]" in text
+    assert not list(sweep_dir.glob("reliability_*.png"))
+    (decision,) = json.loads((sweep_dir / "summary.json").read_text())["verdict"]
+    assert [c["method"] for c in decision["comparisons"]] == ["paired t-test"] * 3
+
+
+def test_ece_is_a_column_when_runs_measured_it(tmp_path: Path):
+    write_run(tmp_path, "a", 0.9, params={}, metrics={"test/acc": 0.9, "test/ece": 0.05})
+    report.write_report(report.find_runs(tmp_path), tmp_path)
+    assert "| ECE |" in (tmp_path / "summary.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["groups"][0]["test/ece"]["mean"] == 0.05
+
+
+def test_where_strategies_cross_over_data_sizes(tmp_path: Path):
+    # freeze ahead with 10 images/class, full ahead from 100: the crossing lies between 10 and 100.
+    right = {10: {"freeze": 30, "full": 20}, 100: {"freeze": 32, "full": 38}, 300: {"freeze": 33, "full": 39}}
+    for per_class, by_strategy in right.items():
+        for strategy, k in by_strategy.items():
+            for seed in (0, 1):
+                name = f"data.per_class={per_class},seed={seed},strategy={strategy}"
+                folder = write_run(tmp_path, name, k / 40, strategy=strategy, seed=seed, per_class=per_class)
+                write_predictions_for(folder, k)
+    assert report.main([str(tmp_path)]) == 0
+    text = (tmp_path / "summary.md").read_text()
+    assert "## Where strategies cross" in text
+    assert "**resnet18** on hymenoptera: full overtakes freeze from about" in text
+    (crossing,) = json.loads((tmp_path / "summary.json").read_text())["crossings"]
+    assert crossing["between"] == [10, 100] and 10 < crossing["at"] < 100
+    # −0.25 at 10 and +0.15 at 100, interpolated in log size: 10^(1 + 0.25/0.4) = 42.
+    assert crossing["at"] == pytest.approx(10 ** (1 + 0.25 / 0.4))
+    assert crossing["low"] <= crossing["at"] <= crossing["high"]
+    assert_png(tmp_path / "reliability_resnet18.png")

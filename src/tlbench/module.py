@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -20,6 +21,7 @@ from torchmetrics.classification import (
     BinaryRecall,
     BinarySpecificity,
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassF1Score,
 )
 
@@ -76,6 +78,8 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        # Expected calibration error (15 equal-width bins, L1): how far confidence is from accuracy.
+        "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1"),
     }
     if num_classes >= 10:
         metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -140,6 +144,9 @@ class TransferModule(L.LightningModule):
         self.test_per_class_result: dict[str, float] = {}
         self.graphed: GraphedForwardBackward | None = None
         self.batches_per_epoch: int | None = None  # train batches per epoch, when the data side says
+        # Softmax probabilities and targets of the last test pass, in loader order (predictions.csv).
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------------------------ strategy state
     @property
@@ -223,9 +230,12 @@ class TransferModule(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def evaluate(self, batch, stage: str) -> None:
+    def evaluate(self, batch, stage: str) -> torch.Tensor:
+        """Update the stage's metrics with one batch; returns its softmax probabilities."""
         images, targets = batch
         logits = self(self.prepare_images(images))
+        # Probabilities, not logits: the calibration error treats inputs within [0, 1] as probabilities.
+        probs = logits.float().softmax(dim=1)
         self.log(
             f"{stage}/loss",
             F.cross_entropy(logits, targets),
@@ -233,11 +243,12 @@ class TransferModule(L.LightningModule):
             batch_size=len(targets),
         )
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits, targets)
+        metrics.update(probs, targets)
         getattr(self, f"{stage}_per_class").update(logits, targets)
         if self.num_classes == 2:
-            positive_prob = logits.float().softmax(dim=1)[:, self.positive_class]
+            positive_prob = probs[:, self.positive_class]
             getattr(self, f"{stage}_binary").update(positive_prob, (targets == self.positive_class).long())
+        return probs
 
     def log_epoch_metrics(self, stage: str) -> dict[str, float]:
         collections = [getattr(self, f"{stage}_metrics")]
@@ -259,11 +270,21 @@ class TransferModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_metrics("val")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_outputs = []
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self.evaluate(batch, "test")
+        probs = self.evaluate(batch, "test")
+        self.test_outputs.append((probs.detach(), batch[1].detach()))
 
     def on_test_epoch_end(self) -> None:
         self.test_per_class_result = self.log_epoch_metrics("test")
+        if self.test_outputs:
+            probs, targets = (
+                torch.cat(parts).cpu().numpy() for parts in zip(*self.test_outputs, strict=True)
+            )
+            self.test_predictions = (probs, targets)
+        self.test_outputs = []
 
     # ------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:

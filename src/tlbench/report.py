@@ -2,9 +2,13 @@
 
 Reads every results.json below a folder and writes, into that folder:
     results.csv                  one row per run folder (complete, failed or missing)
-    summary.md / summary.json    strategy × backbone × data size: mean ± std over seeds, the best strategy
+    summary.md / summary.json    strategy × backbone × data size: mean ± std over seeds, the best strategy,
+                                 the statistical verdict (verdict.py), where strategies cross, the
+                                 cost/accuracy Pareto table
     accuracy_by_strategy.png     test accuracy per strategy, grouped by backbone, with error bars
     learning_curve_<backbone>.png  test accuracy vs images per class, where a sweep varied data.per_class
+    pareto.png                   accuracy against wall time, train images/s, trainable params, peak memory
+    reliability_<backbone>.png   reliability diagram per strategy, from the runs' predictions.csv
 
 A run folder with error.txt and no results.json failed; one with Hydra's .hydra/ and neither file is
 missing (still running, killed or timed out). Both are listed, never dropped.
@@ -23,12 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from tlbench import calibration, pareto, verdict
+from tlbench.predictions import Predictions, read_predictions
+
 RESULTS_FILE = "results.json"
 ERROR_FILE = "error.txt"
 
 # What a comparison is grouped by; the seed is the replicate axis.
 CONTEXT_KEYS = ("data", "backbone", "per_class")
-METRICS = {"test/acc": "test acc", "test/f1_macro": "macro-F1", "test/auroc": "AUROC"}
+METRICS = {"test/acc": "test acc", "test/f1_macro": "macro-F1", "test/auroc": "AUROC", "test/ece": "ECE"}
 COSTS = {
     "wall_time_s": "wall time (s)",
     "train_images_per_s": "train img/s",
@@ -103,8 +110,12 @@ class Group:
 
     @property
     def label(self) -> str:
-        extra = ", ".join(f"{k}={v}" for k, v in self.setting.items())
-        return f"{self.strategy} ({extra})" if extra else self.strategy
+        return strategy_label(self.strategy, self.setting)
+
+
+def strategy_label(strategy: str, setting: dict[str, Any]) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in setting.items())
+    return f"{strategy} ({extra})" if extra else strategy
 
 
 @dataclass
@@ -290,7 +301,8 @@ def size_label(per_class: int | str) -> str:
 
 
 def shown_metrics(groups: list[Group]) -> list[str]:
-    return [k for k in METRICS if k != "test/auroc" or any(g.stats[k].n for g in groups)]
+    """AUROC (two classes only) and ECE (runs from before it was measured) only when some run has them."""
+    return [k for k in METRICS if k not in ("test/auroc", "test/ece") or any(g.stats[k].n for g in groups)]
 
 
 def render_table(groups: list[Group]) -> str:
@@ -332,7 +344,178 @@ def relative(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path != root else "."
 
 
-def write_summary_md(found: Found, groups: list[Group], verdicts: list[Verdict], path: Path) -> None:
+# ------------------------------------------------------------------------------ the statistical verdict
+def load_predictions(runs: list[Run]) -> dict[Path, Predictions | None]:
+    return {run.path: read_predictions(run.path) for run in runs}
+
+
+def arms_of(
+    runs: list[Run], predictions: dict[Path, Predictions | None]
+) -> dict[tuple, dict[str, dict[Any, verdict.Sample]]]:
+    """context -> strategy label (as in the table) -> seed -> that run's accuracy and per-image scores.
+    A seed that ran twice counts once: the run folder that sorts last."""
+    split = varying_params(runs)
+    arms: dict[tuple, dict[str, dict[Any, verdict.Sample]]] = {}
+    for run in sorted(runs, key=lambda r: r.path):
+        label = strategy_label(str(run.params.get("strategy", "?")), {k: run.params.get(k) for k in split})
+        found = predictions.get(run.path)
+        sample = verdict.Sample(
+            run.get(RANK_BY), found.items if found else None, found.correct if found else None
+        )
+        arms.setdefault(context_of(run), {}).setdefault(label, {})[run.params.get("seed")] = sample
+    return arms
+
+
+def decide(runs: list[Run], predictions: dict[Path, Predictions | None]) -> list[verdict.GroupVerdict]:
+    """The verdict of each data × backbone × data size (verdict.py)."""
+    arms = arms_of(runs, predictions)
+    contexts = sorted(arms, key=lambda c: (c[0], c[1], size_rank(c[2])))
+    return [verdict.judge(context, arms[context]) for context in contexts]
+
+
+def oriented(decision: verdict.GroupVerdict, a: str, b: str) -> verdict.Comparison | None:
+    """The comparison of a and b in this group, read as a − b."""
+    for c in decision.comparisons:
+        if (c.a, c.b) == (a, b):
+            return c
+        if (c.a, c.b) == (b, a):
+            return c.flipped()
+    return None
+
+
+def find_crossings(decisions: list[verdict.GroupVerdict]) -> list[tuple[tuple[str, str], verdict.Crossing]]:
+    """Per data × backbone that ran two or more data sizes: for every pair of strategies, where one
+    overtakes the other (or that it never does)."""
+    curves: dict[tuple[str, str], list[verdict.GroupVerdict]] = {}
+    for d in decisions:
+        data, backbone, per_class = d.context
+        if per_class != ALL:
+            curves.setdefault((data, backbone), []).append(d)
+    found = []
+    for key, members in curves.items():
+        members.sort(key=lambda d: d.context[2])
+        labels = sorted({label for d in members for label, _ in d.ranking}, key=strategy_rank)
+        for i, a in enumerate(labels):
+            for b in labels[i + 1 :]:
+                points = [(d.context[2], c) for d in members if (c := oriented(d, a, b)) is not None]
+                if len(points) >= 2 and all(not math.isnan(c.diff) for _, c in points):
+                    found.append((key, verdict.crossing([n for n, _ in points], [c for _, c in points])))
+    return found
+
+
+def where(context: tuple) -> str:
+    data, backbone, per_class = context
+    return f"**{backbone}** on {data}, {fmt_size(per_class)} images/class"
+
+
+def render_verdicts(decisions: list[verdict.GroupVerdict]) -> list[str]:
+    return [f"- {where(d.context)}: {d.text}." for d in decisions]
+
+
+def render_comparisons(decision: verdict.GroupVerdict) -> list[str]:
+    lines = [
+        "  | A − B | difference [95% interval] | p | Holm p | method | seeds | images |",
+        "  |---|---|---|---|---|---|---|",
+    ]
+    for c in decision.comparisons:
+        method = c.method + (f" ({c.note})" if c.note else "")
+        cells = [f"{c.a} − {c.b}", verdict.fmt_diff(c), verdict.fmt_p(c.p), verdict.fmt_p(c.p_holm), method]
+        cells += [str(len(c.seeds)), "–" if c.n_images is None else str(c.n_images)]
+        lines.append("  | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_crossings(crossings: list[tuple[tuple[str, str], verdict.Crossing]]) -> list[str]:
+    return [f"- **{backbone}** on {data}: {c.text}." for (data, backbone), c in crossings]
+
+
+def terminal_verdict(runs: list[Run]) -> str:
+    """The verdict (and crossings) as the sweep and `python -m tlbench.report` print them."""
+    decisions = decide(runs, load_predictions(runs))
+    lines = ["Verdict (paired bootstrap over seeds and test images, Holm-corrected):"]
+    lines += render_verdicts(decisions)
+    crossings = find_crossings(decisions)
+    if crossings:
+        lines += ["", "Where strategies cross:", *render_crossings(crossings)]
+    return "\n".join(line.replace("**", "") for line in lines)
+
+
+# ------------------------------------------------------------------------------- cost and calibration
+def pareto_points(groups: list[Group]) -> list[pareto.Point]:
+    points = [
+        pareto.Point(
+            f"{g.data}, {size_label(g.per_class)}",
+            g.backbone,
+            g.label,
+            g.stats[RANK_BY].mean,
+            g.stats[RANK_BY].std,
+            {k: g.stats[k].mean for k in pareto.AXES},
+        )
+        for g in groups
+        if g.stats[RANK_BY].mean is not None
+    ]
+    return pareto.mark_dominated(points)
+
+
+def plot_reliability(
+    groups: list[Group], runs: list[Run], predictions: dict[Path, Predictions | None], out_dir: Path
+) -> list[Path]:
+    """reliability_<backbone>.png: a panel per data × data size, a curve per strategy (seeds pooled)."""
+    split = varying_params(runs)
+    ece = {(g.context, g.label): g.stats["test/ece"] for g in groups}
+    pooled: dict[str, dict[tuple, dict[str, list[Predictions]]]] = {}
+    for run in sorted(runs, key=lambda r: (size_rank(context_of(r)[2]), strategy_rank(cell_of(r)[3]))):
+        found = predictions.get(run.path)
+        if found is None:
+            continue
+        label = strategy_label(str(run.params.get("strategy", "?")), {k: run.params.get(k) for k in split})
+        context = context_of(run)
+        pooled.setdefault(context[1], {}).setdefault(context, {}).setdefault(label, []).append(found)
+    paths = []
+    for backbone, contexts in sorted(pooled.items()):
+        panels = {}
+        for context, by_label in contexts.items():
+            curves = []
+            for label, parts in by_label.items():
+                stat = ece.get((context, label))
+                shown = f" (ECE {fmt_stat(stat, 'test/ece')})" if stat and stat.mean is not None else ""
+                curves.append(
+                    calibration.Curve(
+                        label,
+                        np.concatenate([p.confidence for p in parts]),
+                        np.concatenate([p.correct for p in parts]),
+                        shown,
+                    )
+                )
+            panels[f"{context[0]}, {size_label(context[2])}"] = curves
+        path = out_dir / f"reliability_{backbone.replace('/', '_')}.png"
+        paths.append(calibration.plot(panels, f"{backbone}: reliability (test images of every seed)", path))
+    return paths
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinity as null: summary.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@dataclass
+class Analysis:
+    """What the report says beyond the table: the verdicts, crossings and cost frontier."""
+
+    decisions: list[verdict.GroupVerdict]
+    crossings: list[tuple[tuple[str, str], verdict.Crossing]]
+    points: list[pareto.Point]
+
+
+def write_summary_md(
+    found: Found, groups: list[Group], verdicts: list[Verdict], path: Path, analysis: Analysis
+) -> None:
     total = len(found.runs) + len(found.failed) + len(found.missing)
     lines = [
         f"# Sweep report: {found.root}",
@@ -358,6 +541,51 @@ def write_summary_md(found: Found, groups: list[Group], verdicts: list[Verdict],
         "",
         *(describe_verdict(v) for v in verdicts),
     ]
+    if analysis.decisions:
+        lines += [
+            "",
+            "## Verdict",
+            "",
+            f"Every pair of strategies within one backbone × data × data size, on {METRICS[RANK_BY]}: the "
+            "difference A − B with a 95% interval from a paired bootstrap over seeds and test images (runs "
+            "with the same seed share subset and split, and are compared image by image), a two-sided "
+            "p-value, and Holm's correction over the pairs of the group. A strategy wins when it is "
+            "separated (Holm p < 0.05) from every other; else the strategies not separated from the best "
+            "cannot be told apart, and the seeds that would separate them are estimated as the smallest n "
+            "with t(0.975, n−1)·sqrt(s²/n + v) < |difference| (s: between-seed SD of the difference, v: "
+            "test-image variance that more seeds do not reduce). Runs without predictions.csv fall back to "
+            "a paired t-test over seeds, and say so. Details: `tlbench/verdict.py`.",
+            "",
+        ]
+        for decision in analysis.decisions:
+            lines += [*render_verdicts([decision]), "", *render_comparisons(decision), ""]
+    if analysis.crossings:
+        lines += [
+            "## Where strategies cross",
+            "",
+            "Per backbone over the data sizes of the sweep: from which images per class one strategy "
+            "overtakes another (the last change of lead, interpolated in log images/class; its 95% interval "
+            "from the bootstrap replicates of each size).",
+            "",
+            *render_crossings(analysis.crossings),
+            "",
+        ]
+    if analysis.points:
+        lines += [
+            "## Cost and accuracy",
+            "",
+            f"Mean {METRICS[RANK_BY]} against mean cost over seeds (`pareto.png`). A configuration is "
+            "dominated when another on the same data and data size is as good on every axis (accuracy, wall "
+            "time, train images/s, trainable parameters, peak memory) and better on at least one.",
+            "",
+            pareto.render_table(analysis.points, METRICS[RANK_BY]),
+            "",
+            "## Calibration",
+            "",
+            "ECE in the results table is each run's expected calibration error on the test set (15 bins, "
+            "torchmetrics). `reliability_<backbone>.png`: accuracy against confidence per strategy, from "
+            "the runs' predictions.csv.",
+        ]
     duplicates = [g for g in groups if len(set(map(str, g.seeds))) < len(g.seeds)]
     if duplicates:
         lines += ["", "Settings that ran a seed more than once (each run counts in n):"]
@@ -376,7 +604,9 @@ def stat_json(stat: Stat) -> dict[str, Any]:
     return {"mean": stat.mean, "std": stat.std, "n": stat.n}
 
 
-def write_summary_json(found: Found, groups: list[Group], verdicts: list[Verdict], path: Path) -> None:
+def write_summary_json(
+    found: Found, groups: list[Group], verdicts: list[Verdict], path: Path, analysis: Analysis
+) -> None:
     payload = {
         "root": str(found.root),
         "counts": {"complete": len(found.runs), "failed": len(found.failed), "missing": len(found.missing)},
@@ -409,10 +639,29 @@ def write_summary_json(found: Found, groups: list[Group], verdicts: list[Verdict
             }
             for v in verdicts
         ],
+        "verdict": [
+            {"data": d.context[0], "backbone": d.context[1], "per_class": d.context[2], "metric": RANK_BY}
+            | d.to_json()
+            for d in analysis.decisions
+        ],
+        "crossings": [
+            {"data": data, "backbone": backbone} | c.to_json() for (data, backbone), c in analysis.crossings
+        ],
+        "pareto": [
+            {
+                "context": p.context,
+                "backbone": p.backbone,
+                "strategy": p.strategy,
+                RANK_BY: p.accuracy,
+                **p.costs,
+                "dominated_by": p.dominated_by,
+            }
+            for p in analysis.points
+        ],
         "failed": [{"run_dir": relative(p.path, found.root), "error": p.detail} for p in found.failed],
         "missing": [{"run_dir": relative(p.path, found.root), "why": p.detail} for p in found.missing],
     }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
 
 
 def overrides_of(folder: Path) -> str:
@@ -553,12 +802,18 @@ def write_report(found: Found, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = summarize(found.runs)
     verdicts = judge(groups)
+    predictions = load_predictions(found.runs)
+    decisions = decide(found.runs, predictions)
+    analysis = Analysis(decisions, find_crossings(decisions), pareto_points(groups))
     write_csv(found, out_dir / "results.csv")
-    write_summary_json(found, groups, verdicts, out_dir / "summary.json")
-    write_summary_md(found, groups, verdicts, out_dir / "summary.md")
+    write_summary_json(found, groups, verdicts, out_dir / "summary.json", analysis)
+    write_summary_md(found, groups, verdicts, out_dir / "summary.md", analysis)
     if groups:
         plot_accuracy(groups, out_dir / "accuracy_by_strategy.png")
         plot_learning_curves(groups, out_dir)
+    if analysis.points:
+        pareto.plot(analysis.points, out_dir / "pareto.png", METRICS[RANK_BY])
+    plot_reliability(groups, found.runs, predictions, out_dir)
     return out_dir / "summary.md"
 
 
@@ -585,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = write_report(found, args.out or args.folder)
     print(render_table(summarize(found.runs)))
+    print("\n" + terminal_verdict(found.runs))
     print(f"\n{len(found.runs)} complete, {len(found.failed)} failed, {len(found.missing)} missing")
     print(f"report: {summary}")
     return 0

@@ -215,6 +215,7 @@ class ReportOnMultirunEnd(Callback):
         else:
             summary_md = report.write_report(found, sweep_dir)
             print(report.render_table(report.summarize(found.runs)))
+            print("\n" + report.terminal_verdict(found.runs))
             print(f"\nreport: {summary_md}")
         problems = len(found.failed) + len(found.missing)
         if problems and self.fail_on_errors:

@@ -30,6 +30,7 @@ from tlbench import sweep
 from tlbench.backbones import get_preset
 from tlbench.data import ImageDataModule
 from tlbench.module import TransferModule
+from tlbench.predictions import write_predictions
 from tlbench.results import (
     RESULTS_FILE,
     RunCost,
@@ -180,6 +181,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     best = checkpoint.best_model_path or None
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    if trainer.is_global_zero and module.test_predictions is not None:
+        # Per-image probabilities beside results.json, for the report's paired bootstrap and calibration.
+        write_predictions(
+            run_dir, datamodule.data.splits["test"].items, *module.test_predictions, datamodule.classes
+        )
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
     metrics.update(last_val)
     params = describe(cfg)

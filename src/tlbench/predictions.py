@@ -1,0 +1,104 @@
+"""Per-image test predictions, saved beside results.json so any later analysis (the report's paired
+bootstrap, reliability diagrams) needs no re-run.
+
+`predictions.csv`, one row per test image in test-loader order:
+
+    item,label,prob_ants,prob_bees
+    /data/hymenoptera/val/ants/10308379_1b6c72e180.jpg,ants,0.912,0.088
+
+`item` is the image's file path (or `<array>:<index>` for datasets held in memory, such as CIFAR-10),
+`label` its true class name, and one `prob_<class>` column per class in the model's class order: the
+softmax probabilities. Runs with the same data and seed test on the same items, so two strategies'
+files pair row for row by `item`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PREDICTIONS_FILE = "predictions.csv"
+PROB_PREFIX = "prob_"
+
+log = logging.getLogger("tlbench")
+
+
+@dataclass
+class Predictions:
+    items: list[str]
+    targets: np.ndarray  # (N,) class index of each item
+    probs: np.ndarray  # (N, C) softmax probabilities
+    classes: list[str]
+
+    @property
+    def correct(self) -> np.ndarray:
+        """1.0 where the most probable class is the true one (what test/acc averages)."""
+        return (self.probs.argmax(axis=1) == self.targets).astype(float)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def item_id(item: object) -> str:
+    return (
+        item if isinstance(item, str) else ":".join(map(str, item if isinstance(item, Sequence) else [item]))
+    )
+
+
+def write_predictions(
+    run_dir: str | Path, items: Sequence, probs: np.ndarray, targets: np.ndarray, classes: list[str]
+) -> Path | None:
+    """`run_dir/predictions.csv`; None (with a warning) when the probabilities do not cover every test
+    item once, as with fast_dev_run, limit_test_batches or a test split sharded over DDP ranks."""
+    probs, targets = np.asarray(probs, dtype=float), np.asarray(targets)
+    if len(probs) != len(items) or len(targets) != len(items):
+        log.warning(
+            "no %s: %d predictions for %d test images (a partial test pass)",
+            PREDICTIONS_FILE,
+            len(probs),
+            len(items),
+        )
+        return None
+    path = Path(run_dir) / PREDICTIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item", "label", *(PROB_PREFIX + name for name in classes)])
+        for item, target, row in zip(items, targets, probs, strict=True):
+            writer.writerow([item_id(item), classes[int(target)], *(f"{p:.6g}" for p in row)])
+    os.replace(tmp, path)
+    return path
+
+
+def read_predictions(run_dir: str | Path) -> Predictions | None:
+    """The run's predictions, or None when it has no (readable) predictions.csv."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+    except OSError:
+        return None
+    if not rows or rows[0][:2] != ["item", "label"]:
+        return None
+    classes = [name.removeprefix(PROB_PREFIX) for name in rows[0][2:]]
+    index = {name: i for i, name in enumerate(classes)}
+    body = rows[1:]
+    try:
+        probs = np.array([[float(p) for p in row[2:]] for row in body], dtype=float).reshape(
+            len(body), len(classes)
+        )
+        targets = np.array([index[row[1]] for row in body], dtype=int)
+    except (ValueError, KeyError):
+        return None
+    return Predictions([row[0] for row in body], targets, probs, classes)

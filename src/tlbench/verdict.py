@@ -1,0 +1,429 @@
+"""Is one strategy better than another, or can the runs not tell? Paired comparisons, Holm-corrected,
+and one verdict line per data × backbone × data size. Pure statistics: the report (report.py) reads the
+run folders and hands the numbers in.
+
+**The paired bootstrap** (`compare`). Two strategies A and B are paired by seed: runs with the same seed
+share the training subset and the validation/test split, so on each common seed s each test image i has
+a paired difference D[s, i] = score_A(i) − score_B(i) (score: 1.0 when the image is classified right, so
+the mean of D is the difference in test accuracy). The observed difference is the mean over seeds of the
+per-seed mean of D. One bootstrap replicate:
+
+1. draws S seeds with replacement from the S common seeds;
+2. draws test images with replacement, the same draw for A and B (that is the pairing):
+   - *crossed* — every seed tested on the same images (a fixed test folder): one draw of N images per
+     replicate, used for every drawn seed, since the test images are one sample shared by all seeds;
+   - *nested* — the test images differ between seeds (a seeded split): a separate draw within each drawn
+     seed;
+3. and averages D over the drawn seeds and images.
+
+`N_BOOT` replicates (a fixed-seed `numpy.random.Generator`, so reports are reproducible) give the 95%
+percentile interval and the two-sided p-value 2·min(P*(d ≤ 0), P*(d ≥ 0)), each share counted as
+(k + 1) / (B + 1): it is below 0.05 exactly when the 95% interval excludes 0. Drawing N images with
+replacement is drawn as multinomial counts over the distinct values of D — the same distribution, and
+cheap because accuracy differences take only the values −1, 0 and 1.
+
+**Without predictions files** (runs from before they were written), the comparison falls back to the
+runs' own test accuracies: a paired t-test over seeds (`scipy.stats.ttest_rel`) with its 95% interval.
+
+**Holm** (`holm`): within one data × backbone × data size, the p-values of all pairs of strategies are
+adjusted by Holm's step-down method, which keeps the chance of any false "A beats B" in the group ≤ 5%.
+
+**The verdict** (`judge`): the strategy with the best mean wins when it is separated (Holm p < 0.05) from
+every other one; otherwise the strategies not separated from it form a set that cannot be told apart.
+
+**Seeds to separate a tie** (`seeds_needed`): with s the between-seed SD of the per-seed differences and v
+the bootstrap variance from resampling the shared test images alone (seeds held fixed; crossed design
+only, 0 when nested, where each seed's own test images are already in s), taken not to shrink with more
+seeds — conservative where seeds err on different images — the smallest n with
+
+    t(0.975, n − 1) · sqrt(s² / n + v) < |d|
+
+is how many seeds in all would give a 95% interval that excludes 0 if the observed difference d and the
+variance held. When 1.96 · sqrt(v) ≥ |d| no number of seeds does: the test set is too small.
+
+**Where strategies cross** (`crossing`): over data sizes n₁ < … < n_K, the last size at which the
+difference A − B has the other sign than at the largest size; the crossing is interpolated linearly in
+log(images per class) between that size and the next, and the same is done on every bootstrap replicate
+(sizes are independent runs, so replicate b of each size forms one curve) for a 95% interval.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+N_BOOT = 4000
+SEED = 0
+CHUNK = 1000  # replicates drawn at a time, so a 10,000-image test set stays a few MB
+MAX_SEEDS = 1000
+
+
+@dataclass
+class Sample:
+    """One run of one strategy: its test accuracy and, when it saved predictions, each test image's score."""
+
+    value: float | None
+    items: Sequence[str] | None = None
+    scores: np.ndarray | None = None
+
+    @property
+    def has_predictions(self) -> bool:
+        return self.scores is not None and self.items is not None
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    diff: float  # mean over seeds of A − B
+    low: float | None  # 95% interval
+    high: float | None
+    p: float | None
+    method: str  # "bootstrap (crossed)" | "bootstrap (nested)" | "paired t-test" | "none"
+    seeds: list[Any]
+    n_images: int | None = None
+    seed_sd: float | None = None  # between-seed SD of the per-seed differences (ddof=1)
+    image_var: float = 0.0  # variance from the test images that more seeds do not shrink
+    p_holm: float | None = None
+    note: str = ""
+    replicates: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def separated(self) -> bool:
+        return self.p_holm is not None and self.p_holm < ALPHA
+
+    def flipped(self) -> Comparison:
+        """The same comparison read as B − A."""
+        return Comparison(
+            self.b,
+            self.a,
+            -self.diff,
+            None if self.high is None else -self.high,
+            None if self.low is None else -self.low,
+            self.p,
+            self.method,
+            self.seeds,
+            self.n_images,
+            self.seed_sd,
+            self.image_var,
+            self.p_holm,
+            self.note,
+            None if self.replicates is None else -self.replicates,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        keys = ("a", "b", "diff", "low", "high", "p", "p_holm", "method", "seeds", "n_images", "seed_sd")
+        return {k: getattr(self, k) for k in keys} | {"image_var": self.image_var, "note": self.note}
+
+
+@dataclass
+class GroupVerdict:
+    context: tuple
+    ranking: list[tuple[str, float]]  # (strategy, mean) best first
+    comparisons: list[Comparison]  # every pair, better-mean strategy as `a`
+    winner: str | None
+    tied: list[str]  # the set that cannot be told apart from the best (winner alone when there is one)
+    seeds_to_separate: dict[str, int | str | None]  # tied strategy -> seeds in all (or why not)
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ranking": [{"strategy": s, "mean": m} for s, m in self.ranking],
+            "winner": self.winner,
+            "cannot_tell_apart": self.tied if self.winner is None else [],
+            "seeds_to_separate": self.seeds_to_separate,
+            "comparisons": [c.to_json() for c in self.comparisons],
+            "verdict": self.text,
+        }
+
+
+def seed_key(seed: Any) -> tuple[bool, str]:
+    return not isinstance(seed, int), str(seed).zfill(12)
+
+
+def resampled_means(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, K): the means of `size` bootstrap resamples of the N columns of `values` (K, N), each
+    resample drawing N columns with replacement and applying the same draw to every row."""
+    distinct, counts = np.unique(values, axis=1, return_counts=True)
+    n = values.shape[1]
+    out = np.empty((size, values.shape[0]))
+    for start in range(0, size, CHUNK):
+        draws = rng.multinomial(n, counts / n, size=min(CHUNK, size - start))
+        out[start : start + len(draws)] = draws @ distinct.T / n
+    return out
+
+
+def aligned_differences(a: dict[Any, Sample], b: dict[Any, Sample], seeds: list) -> list[np.ndarray] | None:
+    """Per seed, A − B image by image (matched by item id), or None when the two runs of a seed did not
+    test the same images."""
+    differences = []
+    for seed in seeds:
+        sa, sb = a[seed], b[seed]
+        position = {item: i for i, item in enumerate(sb.items)}
+        if len(sa.items) != len(sb.items) or set(sa.items) != set(position):
+            return None
+        order = np.array([position[item] for item in sa.items])
+        differences.append(sa.scores - sb.scores[order])
+    return differences
+
+
+def percentile_p(replicates: np.ndarray) -> float:
+    """Two-sided: twice the smaller share of replicates on either side of 0, each as (k + 1) / (B + 1)."""
+    below = (np.count_nonzero(replicates <= 0) + 1) / (len(replicates) + 1)
+    above = (np.count_nonzero(replicates >= 0) + 1) / (len(replicates) + 1)
+    return min(1.0, 2 * min(below, above))
+
+
+def bootstrap(
+    a_label: str,
+    b_label: str,
+    differences: list[np.ndarray],
+    seeds: list,
+    items: list,
+    rng: np.random.Generator,
+) -> Comparison:
+    s = len(differences)
+    per_seed = np.array([d.mean() for d in differences])
+    picks = rng.integers(0, s, size=(N_BOOT, s))
+    crossed = all(list(i) == list(items[0]) for i in items[1:])
+    if crossed:
+        image_means = resampled_means(np.stack(differences), N_BOOT, rng)  # (B, S), one image draw per row
+        replicates = np.take_along_axis(image_means, picks, axis=1).mean(axis=1)
+        image_var = float(image_means.mean(axis=1).var(ddof=1))
+    else:
+        drawn = np.empty(picks.shape)
+        for seed_index, d in enumerate(differences):
+            where = picks == seed_index
+            drawn[where] = resampled_means(d[None, :], int(where.sum()), rng)[:, 0]
+        replicates = drawn.mean(axis=1)
+        image_var = 0.0
+    low, high = np.quantile(replicates, [ALPHA / 2, 1 - ALPHA / 2])
+    return Comparison(
+        a_label,
+        b_label,
+        float(per_seed.mean()),
+        float(low),
+        float(high),
+        percentile_p(replicates),
+        f"bootstrap ({'crossed' if crossed else 'nested'})",
+        seeds,
+        n_images=len(differences[0]),
+        seed_sd=float(per_seed.std(ddof=1)) if s > 1 else None,
+        image_var=image_var,
+        replicates=replicates,
+    )
+
+
+def t_test(a_label: str, b_label: str, a: list[float], b: list[float], seeds: list, note: str) -> Comparison:
+    differences = np.asarray(a) - np.asarray(b)
+    diff = float(differences.mean())
+    if len(differences) < 2:
+        return Comparison(a_label, b_label, diff, None, None, None, "none", seeds, note=note + "; one seed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # identical differences: t is undefined
+        result = stats.ttest_rel(a, b)
+        interval = result.confidence_interval(1 - ALPHA)
+    p = float(result.pvalue)
+    if math.isnan(p):  # every seed gave the same difference
+        p = 1.0 if diff == 0 else 0.0
+    return Comparison(
+        a_label,
+        b_label,
+        diff,
+        float(interval.low),
+        float(interval.high),
+        p,
+        "paired t-test",
+        seeds,
+        seed_sd=float(differences.std(ddof=1)),
+        note=note,
+    )
+
+
+def compare(
+    a_label: str, a: dict[Any, Sample], b_label: str, b: dict[Any, Sample], rng: np.random.Generator
+) -> Comparison:
+    """A − B over the seeds both ran: the paired bootstrap when every such run saved predictions of the
+    same test images, else a paired t-test over the seeds' test accuracies (see the module docstring)."""
+    seeds = sorted(set(a) & set(b), key=seed_key)
+    if not seeds:
+        return Comparison(a_label, b_label, math.nan, None, None, None, "none", [], note="no seed in common")
+    if all(a[s].has_predictions and b[s].has_predictions for s in seeds):
+        differences = aligned_differences(a, b, seeds)
+        if differences is not None:
+            return bootstrap(a_label, b_label, differences, seeds, [a[s].items for s in seeds], rng)
+        why = "the runs of a seed tested different images"
+    else:
+        why = "no predictions files"
+    values = [(a[s].value, b[s].value) for s in seeds if a[s].value is not None and b[s].value is not None]
+    seeds = [s for s in seeds if a[s].value is not None and b[s].value is not None]
+    return t_test(a_label, b_label, [x for x, _ in values], [y for _, y in values], seeds, why)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment: the k-th smallest of m p-values times (m − k + 1), made monotone and
+    capped at 1; None (no test) stays None and does not count in m."""
+    tested = [i for i, p in enumerate(p_values) if p is not None]
+    p = np.array([p_values[i] for i in tested], dtype=float)
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * (len(p) - np.arange(len(p)))
+    adjusted = np.minimum(1.0, np.maximum.accumulate(scaled)) if len(p) else scaled
+    result: list[float | None] = [None] * len(p_values)
+    for rank, position in enumerate(order):
+        result[tested[position]] = float(adjusted[rank])
+    return result
+
+
+def seeds_needed(diff: float, seed_sd: float | None, image_var: float = 0.0) -> int | str | None:
+    """Seeds in all for a 95% interval that excludes 0 at this difference and variance (module
+    docstring); a reason instead when no count can be given."""
+    if diff == 0 or math.isnan(diff):
+        return "no difference to separate"
+    if seed_sd is None:
+        return None
+    if stats.norm.ppf(1 - ALPHA / 2) * math.sqrt(image_var) >= abs(diff):
+        return "no number of seeds would: the test images alone leave more uncertainty than the difference"
+    for n in range(2, MAX_SEEDS + 1):
+        if stats.t.ppf(1 - ALPHA / 2, n - 1) * math.sqrt(seed_sd**2 / n + image_var) < abs(diff):
+            return n
+    return f"more than {MAX_SEEDS}"
+
+
+def mean_value(samples: dict[Any, Sample]) -> float:
+    values = [s.scores.mean() if s.has_predictions else s.value for s in samples.values()]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
+def fmt_diff(c: Comparison) -> str:
+    interval = "" if c.low is None else f" [{c.low:+.3f}, {c.high:+.3f}]"
+    return f"{c.diff:+.3f}{interval}"
+
+
+def describe(
+    ranking: list[tuple[str, float]], vs_best: dict[str, Comparison], winner: str | None, needed: dict
+) -> str:
+    best = ranking[0][0]
+    how = "; ".join(sorted({c.method + (f": {c.note}" if c.note else "") for c in vs_best.values()}))
+    if len(ranking) == 1:
+        return f"only **{best}** ran"
+    if winner is not None:
+        leads = ", ".join(f"{o} by {fmt_diff(c)} (Holm p {fmt_p(c.p_holm)})" for o, c in vs_best.items())
+        return f"**{winner}** wins: ahead of {leads} [{how}]"
+    tied = [best, *(o for o, c in vs_best.items() if not c.separated)]
+    behind = [o for o, c in vs_best.items() if c.separated]
+    parts = []
+    for other in tied[1:]:
+        c, n = vs_best[other], needed.get(other)
+        gap = f"{best} − {other} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}"
+        if isinstance(n, int):
+            more = max(0, n - len(c.seeds))
+            parts.append(f"{gap}; ~{more} more seeds ({n} in all) would separate them at this variance")
+        else:
+            parts.append(f"{gap}; {n or 'one seed: no variance to extrapolate from'}")
+    text = f"{', '.join(f'**{s}**' for s in tied)} cannot be told apart ({'; '.join(parts)})"
+    if behind:
+        text += f"; behind: {', '.join(behind)}"
+    return f"{text} [{how}]"
+
+
+def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) -> GroupVerdict:
+    """All pairs of strategies of one data × backbone × data size, Holm-adjusted, and the verdict."""
+    rng = np.random.default_rng(seed)
+    ranking = sorted(((label, mean_value(runs)) for label, runs in arms.items()), key=lambda x: -x[1])
+    order = [label for label, _ in ranking]
+    comparisons = [compare(a, arms[a], b, arms[b], rng) for a, b in combinations(order, 2)]
+    for c, p in zip(comparisons, holm([c.p for c in comparisons]), strict=True):
+        c.p_holm = p
+    best = order[0]
+    vs_best = {c.b: c for c in comparisons if c.a == best}
+    winner = best if vs_best and all(c.separated for c in vs_best.values()) else None
+    tied = [best] if winner else [best, *(o for o, c in vs_best.items() if not c.separated)]
+    needed = {o: seeds_needed(vs_best[o].diff, vs_best[o].seed_sd, vs_best[o].image_var) for o in tied[1:]}
+    text = describe(ranking, vs_best, winner, needed)
+    return GroupVerdict(context, ranking, comparisons, winner, tied, needed, text)
+
+
+@dataclass
+class Crossing:
+    a: str  # the strategy ahead at the largest data size
+    b: str
+    sizes: list[int]
+    diffs: list[float]  # A − B at each size
+    between: tuple[int, int] | None  # the sizes the last change of lead lies between
+    at: float | None  # interpolated in log(images per class)
+    low: float | None  # 95% bootstrap interval of `at`
+    high: float | None
+    share: float | None  # share of bootstrap replicates that end with A ahead after a change of lead
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def last_crossing(sizes: np.ndarray, diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of diffs (R, K) → where the lead last changed (log-interpolated size, nan where it never did)
+    and the index of the size just before it."""
+    last = np.sign(diffs[:, -1:])
+    differs = (np.sign(diffs[:, :-1]) != last) & (last != 0)
+    found = differs.any(axis=1)
+    k = diffs.shape[1] - 2 - np.argmax(differs[:, ::-1], axis=1)
+    rows = np.arange(len(diffs))
+    d0, d1 = diffs[rows, k], diffs[rows, k + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(d0 == d1, 0.0, d0 / (d0 - d1))
+    logs = np.log(sizes)
+    at = np.exp(logs[k] + t * (logs[k + 1] - logs[k]))
+    return np.where(found, at, np.nan), k
+
+
+def crossing(sizes: list[int], comparisons: list[Comparison]) -> Crossing:
+    """Comparisons of the same pair (same `a` and `b`) at increasing data sizes → where the lead changes."""
+    if comparisons[-1].diff < 0:
+        comparisons = [c.flipped() for c in comparisons]
+    a, b = comparisons[0].a, comparisons[0].b
+    diffs = np.array([c.diff for c in comparisons])
+    grid = np.asarray(sizes, dtype=float)
+    found, before = last_crossing(grid, diffs[None, :])
+    at = float(found[0])
+    shown = ", ".join(f"{n}: {fmt_diff(c)}" for n, c in zip(sizes, comparisons, strict=True))
+    if math.isnan(at):
+        if diffs[-1] == 0:
+            text = f"{a} and {b} end level (A − B by size: {shown})"
+        else:
+            text = f"{a} is ahead of {b} at every size ({a} − {b} by images/class: {shown})"
+        return Crossing(a, b, list(sizes), diffs.tolist(), None, None, None, None, None, text)
+    k = int(before[0])
+    between = (sizes[k], sizes[k + 1])
+    low = high = share = None
+    uncertainty = "no bootstrap replicates (no predictions files): only the bracketing sizes are known"
+    if all(c.replicates is not None for c in comparisons):
+        replicates = np.stack([c.replicates for c in comparisons], axis=1)
+        points, _ = last_crossing(grid, replicates)
+        same_end = replicates[:, -1] > 0
+        share = float(np.mean(same_end & ~np.isnan(points)))
+        kept = points[same_end & ~np.isnan(points)]
+        if len(kept):
+            low, high = (float(x) for x in np.quantile(kept, [ALPHA / 2, 1 - ALPHA / 2]))
+            uncertainty = (
+                f"95% bootstrap interval {low:.0f}–{high:.0f}; {share:.0%} of replicates show the overtaking"
+            )
+    text = (
+        f"{a} overtakes {b} from about {at:.0f} images/class (between {between[0]} and {between[1]}; "
+        f"{uncertainty}). {a} − {b} by images/class: {shown}"
+    )
+    return Crossing(a, b, list(sizes), diffs.tolist(), between, at, low, high, share, text)
