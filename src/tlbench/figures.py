@@ -217,8 +217,8 @@ class RunFigureRecorder(L.Callback):
         self._hook = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self.train_images is None:
-            images, labels = batch[0], batch[1]
+        images, labels = batch[0], batch[1]
+        if self.train_images is None and images.dim() == 4:
             self.train_images = images[: self.max_images].detach().float().cpu()
             self.train_labels = labels[: self.max_images].detach().cpu()
 
