@@ -3,11 +3,12 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from PIL import Image
 
-from conftest import write_images
+from conftest import shared_data, write_images
 from tlbench.backbones import Preset
 from tlbench.module import TransferModule
-from tlbench.predict import load_model, main, predict
+from tlbench.predict import load_model, load_zero_shot, main, predict
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +54,39 @@ def test_cli_prints_one_line_per_image_and_fails_clearly(checkpoint, tmp_path, c
     assert main([str(checkpoint), str(tmp_path / "broken.jpg")]) == 1
     assert "broken.jpg" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.ckpt"), str(paths[0])]) == 1
+
+
+def test_cli_cam_writes_an_overlay_per_image_of_the_input_size(checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "photos", (10, 200, 10), count=2)
+    out = tmp_path / "cam"
+    assert main([str(checkpoint), str(tmp_path / "photos"), "--cam", str(out)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3  # two images (a folder), one CAM line
+    overlays = sorted(out.glob("*_cam.png"))
+    assert [p.name for p in overlays] == ["img_000_cam.png", "img_001_cam.png"]
+    with Image.open(overlays[0]) as png:
+        assert png.format == "PNG" and png.mode == "RGB" and png.size == (32, 32)  # the preset's crop
+
+
+def test_zero_shot_lite0_names_ants_and_bees_with_imagenet_classes():
+    val = shared_data("hymenoptera/val")
+    model = load_zero_shot("efficientnet_lite0")
+    assert len(model.class_names) == 1000 and model.class_names[:2] == ["tench", "goldfish"]
+    paths = {name: sorted((val / f"{name}s").glob("*.jpg"))[:20] for name in ("ant", "bee")}
+    ranked = predict(model, [*paths["ant"], *paths["bee"]], top_k=1)
+    top = [row[0][0] for row in ranked]
+    expected = ["ant"] * len(paths["ant"]) + ["bee"] * len(paths["bee"])
+    accuracy = sum(a == b for a, b in zip(top, expected)) / len(top)
+    assert accuracy >= 0.7, list(zip(top, expected))
+
+
+def test_zero_shot_cli_needs_no_checkpoint_and_explains_with_cam(tmp_path, capsys):
+    val = shared_data("hymenoptera/val")
+    bee = sorted((val / "bees").glob("*.jpg"))[0]
+    out = tmp_path / "cam"
+    assert main(["--backbone", "efficientnet_lite0", str(bee), "--top-k", "2", "--cam", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"{bee}: ") and first.count("%") == 2
+    with Image.open(out / f"{bee.stem}_cam.png") as png:
+        assert png.size == (224, 224)
+    assert main(["--backbone", "efficientnet_lite0", str(bee), "--weights", "null"]) == 1
+    assert "needs pretrained weights" in capsys.readouterr().err

@@ -38,6 +38,7 @@ __all__ = [
     "TransferNet",
     "WeightsUnavailableError",
     "build_backbone",
+    "build_imagenet_classifier",
     "get_preset",
 ]
 
@@ -261,6 +262,35 @@ def build_backbone(
     )
     stages = _stages(net, source)
     return Backbone(net=net, stages=stages, preset=preset, input_conv=input_conv, feature_dim=feature_dim)
+
+
+def build_imagenet_classifier(name: str, weights: str | None = "DEFAULT") -> tuple[Backbone, list[str]]:
+    """The pretrained network with its own ImageNet classifier as `head` (the published model's outputs),
+    and the class names from the weights' metadata: zero-shot prediction, with stages like any backbone."""
+    if not weights:
+        raise ValueError(f"zero-shot prediction needs pretrained weights; {name} with weights=null has none")
+    preset = get_preset(name, weights)
+    source, arch = _resolve_name(name)
+    model = _BUILDERS[source](arch, weights)
+    class_names = _imagenet_class_names(model, source, arch, weights)
+    classifier_names = _classifier_names(model, source)
+    classifier = model.get_submodule(classifier_names[0])
+    if len(classifier_names) != 1 or not isinstance(classifier, nn.Linear):
+        raise ValueError(f"{name} does not end in one linear ImageNet classifier; zero-shot needs one")
+    feature_dim = _remove_classifier(model, source)
+    net = TransferNet(model, classifier)
+    return Backbone(net, _stages(net, source), preset, input_conv=None, feature_dim=feature_dim), class_names
+
+
+def _imagenet_class_names(model: nn.Module, source: str, arch: str, weights: str) -> list[str]:
+    if source == "torchvision":
+        return list(_torchvision_weights(arch, weights).meta["categories"])
+    subset = timm.data.infer_imagenet_subset(model)
+    if subset is None:
+        raise ValueError(f"timm does not say which ImageNet classes {arch} predicts; zero-shot needs that")
+    info = timm.data.ImageNetInfo(subset)
+    # "ant, emmet, pismire" -> "ant": the short names torchvision's weights carry too
+    return [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]
 
 
 def _build_torchvision(arch: str, tag: str | None) -> nn.Module:

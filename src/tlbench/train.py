@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tlbench import sweep
 from tlbench.backbones import get_preset
 from tlbench.data import ImageDataModule
+from tlbench.figures import RunFigureRecorder, write_run_figures
 from tlbench.module import TransferModule
 from tlbench.predictions import write_predictions
 from tlbench.results import (
@@ -172,6 +173,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         datamodule.use_features(module.embed)
     cost = RunCost()
     trainer, checkpoint = build_trainer(cfg, run_dir, cost)
+    figures = RunFigureRecorder()
+    trainer.callbacks.append(figures)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
     if resume:
@@ -220,6 +223,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log_hparams(
         trainer, params, {k: v for k, v in metrics.items() if k.startswith("test/") and "class" not in k}
     )
+    write_run_figures(
+        run_dir, trainer.logger, **figures.figure_inputs(), class_names=module.class_names,
+        mean=module.preset.mean, std=module.preset.std, step=trainer.global_step,
+    )  # fmt: skip
     write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
 

@@ -1,0 +1,275 @@
+"""What a run's model sees and gets wrong, as figures: the test confusion matrix, the most confidently wrong
+test images, and a batch of training images as the network receives them (augmented, then de-normalised).
+
+Each figure is a PNG in `<run>/figures/` and an image in TensorBoard. The drawing functions take plain
+tensors, class names and the preset's mean/std; `RunFigureRecorder` (a Lightning callback) collects those
+tensors while a run trains and tests, and `write_run_figures` draws and writes them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+__all__ = [
+    "RunFigureRecorder",
+    "confusion_matrix_figure",
+    "denormalize",
+    "image_grid_figure",
+    "log_images",
+    "most_confidently_wrong",
+    "render",
+    "write_run_figures",
+]
+
+FIGURES_DIR = "figures"
+# Counts stay readable inside the cells up to about this many classes.
+_ANNOTATE_MAX_CLASSES = 30
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised (B, C, H, W) images back to [0, 1], on the CPU: what a person would have seen."""
+    images = images.detach().float().cpu()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images * std_t + mean_t).clamp(0, 1)
+
+
+def most_confidently_wrong(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Row indices of up to `k` wrong predictions, the most confident (in the predicted class) first."""
+    confidence, predicted = probs.max(dim=1)
+    wrong = (predicted != labels).nonzero().squeeze(1)
+    return wrong[confidence[wrong].argsort(descending=True)[:k]]
+
+
+def confusion_matrix_figure(
+    labels: torch.Tensor, predictions: torch.Tensor, class_names: Sequence[str]
+) -> Figure:
+    """Counts of (true, predicted) class pairs; the colour is the share of the true class (recall)."""
+    n = len(class_names)
+    counts = torch.bincount(labels.long() * n + predictions.long(), minlength=n * n).view(n, n).numpy()
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.0, 0.45 * n + 2.5), 24.0)
+    fig = Figure(figsize=(side + 1.0, side))
+    ax = fig.add_subplot()
+    shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), class_names, rotation=45 if n <= 10 else 90, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test confusion matrix ({int(counts.sum())} images)")
+    if n <= _ANNOTATE_MAX_CLASSES:
+        for true in range(n):
+            for pred in range(n):
+                colour = "white" if share[true, pred] > 0.5 else "black"
+                ax.text(pred, true, str(counts[true, pred]), ha="center", va="center", color=colour)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    titles: Sequence[str] | None = None,
+    title: str | None = None,
+    columns: int = 8,
+) -> Figure:
+    """Normalised (B, C, H, W) images, de-normalised, in a grid with an optional caption under each."""
+    pictures = denormalize(images, mean, std).permute(0, 2, 3, 1).numpy()
+    count = len(pictures)
+    columns = max(1, min(columns, count))
+    rows = max(1, -(-count // columns))
+    fig = Figure(figsize=(1.9 * columns, 2.2 * rows + (0.4 if title else 0)))
+    for index in range(rows * columns):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        ax.axis("off")
+        if index >= count:
+            continue
+        picture = pictures[index]
+        if picture.shape[-1] == 1:
+            ax.imshow(picture[..., 0], cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(picture)
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def render(fig: Figure) -> np.ndarray:
+    """The figure as uint8 RGB pixels (H, W, 3): one rendering for the PNG and for TensorBoard."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def log_images(logger, images: dict[str, np.ndarray], step: int = 0) -> None:
+    """Add (H, W, 3) uint8 images to a TensorBoard logger (Lightning's or a SummaryWriter); any other
+    logger, or none, is left alone."""
+    writer = getattr(logger, "experiment", logger)
+    if not hasattr(writer, "add_image"):
+        return
+    for tag, pixels in images.items():
+        writer.add_image(tag, pixels, global_step=step, dataformats="HWC")
+    writer.flush()
+
+
+def write_run_figures(
+    run_dir: str | Path,
+    logger,
+    *,
+    test_probs: torch.Tensor,
+    test_labels: torch.Tensor,
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    test_images: torch.Tensor | None = None,
+    test_image_rows: torch.Tensor | None = None,
+    train_images: torch.Tensor | None = None,
+    train_labels: torch.Tensor | None = None,
+    max_images: int = 16,
+    step: int = 0,
+) -> dict[str, Path]:
+    """Draw a run's figures into `<run_dir>/figures/*.png` and, with a TensorBoard logger, as images
+    `figures/<name>` at `step`. Returns {name: PNG path} for what was drawn.
+
+    - `test_probs` (N, num_classes) softmax outputs and `test_labels` (N,) true classes: every test image;
+      they give `confusion_matrix.png`.
+    - `test_images`: normalised (M, C, H, W) test images as the network took them, for the rows
+      `test_image_rows` (M,) of `test_probs` (default: rows 0..M-1, i.e. every test image). Only the rows
+      of the `max_images` most confidently wrong predictions are drawn, so passing just those is enough
+      (what `RunFigureRecorder` keeps); they give `confidently_wrong.png` (true and predicted labels).
+    - `train_images` (B, C, H, W): a training batch after augmentation and normalisation, with optional
+      `train_labels` (B,); they give `train_batch.png`, de-normalised with the preset's `mean`/`std`.
+    - `logger`: a Lightning `TensorBoardLogger`, a `SummaryWriter`, or anything else / None (PNGs only).
+    """
+    folder = Path(run_dir) / FIGURES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    test_probs, test_labels = test_probs.detach().float().cpu(), test_labels.detach().long().cpu()
+    figures = {"confusion_matrix": confusion_matrix_figure(test_labels, test_probs.argmax(1), class_names)}
+
+    if test_images is not None:
+        rows = torch.arange(len(test_images)) if test_image_rows is None else test_image_rows.cpu()
+        position = {int(row): index for index, row in enumerate(rows)}
+        wrong = [
+            int(row)
+            for row in most_confidently_wrong(test_probs, test_labels, max_images)
+            if int(row) in position
+        ]
+        if wrong:
+            titles = [
+                f"true {class_names[test_labels[row]]}\n"
+                f"pred {class_names[test_probs[row].argmax()]} {test_probs[row].max():.0%}"
+                for row in wrong
+            ]
+            picked = test_images[[position[row] for row in wrong]]
+            figures["confidently_wrong"] = image_grid_figure(
+                picked, mean, std, titles, title="most confidently wrong test images"
+            )
+
+    if train_images is not None and len(train_images):
+        batch = train_images[:max_images]
+        titles = None if train_labels is None else [class_names[int(c)] for c in train_labels[:max_images]]
+        figures["train_batch"] = image_grid_figure(
+            batch, mean, std, titles, title="training images as the network receives them (de-normalised)"
+        )
+
+    pixels = {name: render(fig) for name, fig in figures.items()}
+    paths = {}
+    for name, image in pixels.items():
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(image).save(paths[name])
+    log_images(logger, {f"{FIGURES_DIR}/{name}": image for name, image in pixels.items()}, step)
+    return paths
+
+
+class RunFigureRecorder(L.Callback):
+    """Collects what `write_run_figures` draws while a run trains and tests: the first training batch as
+    the network received it, every test prediction, and the images of the `max_images` most confidently
+    wrong ones (only those are kept, so a large test set costs no memory). Reads the module's `net` inputs
+    and outputs through a forward hook, so it sees exactly what the network saw (GPU augmentation too).
+    Under DDP each rank records its own share of the test set."""
+
+    def __init__(self, max_images: int = 16) -> None:
+        self.max_images = max_images
+        self.train_images: torch.Tensor | None = None
+        self.train_labels: torch.Tensor | None = None
+        self._reset_test()
+
+    def _reset_test(self) -> None:
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._wrong_images: torch.Tensor | None = None
+        self._wrong_rows = torch.empty(0, dtype=torch.long)
+        self._wrong_confidence = torch.empty(0)
+        self._seen: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._hook = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        images, labels = batch[0], batch[1]
+        if self.train_images is None and images.dim() == 4:
+            self.train_images = images[: self.max_images].detach().float().cpu()
+            self.train_labels = labels[: self.max_images].detach().cpu()
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._reset_test()
+        self._hook = pl_module.net.register_forward_hook(self._see)
+
+    def _see(self, module, inputs, output) -> None:
+        self._seen = (inputs[0].detach(), output.detach())
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx=0) -> None:
+        if self._seen is None:
+            return
+        images, logits = self._seen
+        self._seen = None
+        probs = logits.float().softmax(dim=1).cpu()
+        labels = batch[1].detach().long().cpu()
+        offset = sum(len(p) for p in self._probs)
+        self._probs.append(probs)
+        self._labels.append(labels)
+        self._keep_most_confidently_wrong(images, probs, labels, offset)
+
+    def _keep_most_confidently_wrong(self, images, probs, labels, offset: int) -> None:
+        wrong = most_confidently_wrong(probs, labels, self.max_images)
+        if not len(wrong):
+            return
+        new_images = images[wrong.to(images.device)].float().cpu()
+        candidates = new_images if self._wrong_images is None else torch.cat([self._wrong_images, new_images])
+        rows = torch.cat([self._wrong_rows, wrong + offset])
+        confidence = torch.cat([self._wrong_confidence, probs[wrong].max(dim=1).values])
+        keep = confidence.argsort(descending=True)[: self.max_images]
+        self._wrong_images, self._wrong_rows, self._wrong_confidence = (
+            candidates[keep],
+            rows[keep],
+            confidence[keep],
+        )
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def figure_inputs(self) -> dict[str, torch.Tensor | None]:
+        """The tensor arguments of `write_run_figures`, from what was recorded."""
+        if not self._probs:
+            raise RuntimeError("no test batch was recorded: call trainer.test with this callback first")
+        return {
+            "test_probs": torch.cat(self._probs),
+            "test_labels": torch.cat(self._labels),
+            "test_images": self._wrong_images,
+            "test_image_rows": self._wrong_rows,
+            "train_images": self.train_images,
+            "train_labels": self.train_labels,
+        }
