@@ -43,18 +43,18 @@ test-fast: install ## the tests without the real-data training ones
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 lint: install ## ruff check + format check
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 format: install ## ruff format + autofix
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
 
-bench: install ## notebook loop vs tlbench vs the compute ceiling: full size on a GPU, a smoke run (--quick) on CPU
+bench: install ## notebook loop vs tlbench (the product path) vs the compute ceiling: full size on a GPU, --quick on CPU
 	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
-	  $(PY) -m tlbench.bench --out benchmarks/results.json; \
-	else echo "no GPU: running the reduced CPU smoke version (numbers are not the GPU targets)"; \
-	  $(PY) -m tlbench.bench --quick; fi
+	  $(PY) benchmarks/bench.py --out benchmarks/results.json; \
+	else echo "no GPU: the reduced CPU workload (Lite0, 64 px; not the GPU targets)"; \
+	  $(PY) benchmarks/bench.py --quick; fi
 
 tensorboard: install ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs/

@@ -1,4 +1,4 @@
-"""The seed strategy notebook (../shared/seeds/002_…) re-run as plain PyTorch: the baseline for tlbench.bench.
+"""The seed strategy notebook (../shared/seeds/002_…) re-run as plain PyTorch: the baseline of bench.py.
 
 Kept as the notebook wrote it: torchvision transforms on the CPU (RandomResizedCrop(224, scale=(0.6, 1.0)) +
 flip for train, Resize(256) + CenterCrop(224) for test, ImageNet mean/std), 2 DataLoader workers, batch 64

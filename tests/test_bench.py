@@ -1,30 +1,77 @@
-"""`python -m tlbench.bench --quick`: the whole benchmark, CPU-sized, as CI runs it."""
+"""benchmarks/bench.py (`make bench`) end to end, on a workload small enough for a CPU test."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import pytest
 
-from conftest import shared_data
-from tlbench import bench
+from conftest import REPO, shared_data
+
+TINY = [
+    "--quick",
+    "--epochs=1",
+    "--per-class=4",
+    "--val-per-class=2",
+    "--test-per-class=4",
+    "--size=32",
+    "--batch-size=8",
+    "--workers=0",
+    "--ceiling-batch=4",
+    "--ceiling-steps=1",
+]
 
 
-def test_quick_bench_reports_every_strategy_with_sane_numbers(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def bench():
+    """The script, imported from the checkout: it is not part of the installed package."""
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["bench"]
+
+
+def test_bench_times_notebook_and_product_path_on_the_same_images(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    report = bench.main(["--quick", "--data", str(shared_data("cifar10")), "--out", str(out)])
+    report = bench.main([*TINY, f"--data={shared_data('cifar10')}", f"--out={out}"])
     table = capsys.readouterr().out
 
+    assert report["images"] == {"train": 40, "val": 20, "test": 40}
+    run = report["runs"]["efficientnet_lite0"]
     for strategy in ("freeze", "partial", "full"):
-        assert f"| resnet18 | {strategy} |" in table
-        for side in ("notebook", "tlbench"):
-            row = report["runs"]["resnet18"][side][strategy]
+        assert f"| efficientnet_lite0 | {strategy} |" in table
+        notebook, product = run["notebook"]["strategies"][strategy], run["tlbench"][strategy]
+        for row in (notebook, product):
             assert row["wall_s"] > 0 and row["train_img_s"] > 0 and row["peak_mem_mb"] > 0
             assert 0.0 <= row["test_acc"] <= 1.0
-    assert "**experiment**" in table
-    ceiling = report["ceiling"]["resnet18"]
+        # tlbench trained on the notebook's images and tested on its test images
+        assert product["split_sizes"] == {"train": 40, "val": 20, "test": 40}
+        assert product["device"].startswith("cpu") and product["precision"] == "32-true"
+    assert run["tlbench"]["freeze"]["feature_cache"] is True
+    assert run["freeze_uncached"]["feature_cache"] is False
+    assert run["tlbench_total_s"] == pytest.approx(sum(r["wall_s"] for r in run["tlbench"].values()))
+
+    ratios = bench.speedups(run)
+    assert all(r > 0 for r in ratios.values())
+    assert f"**{ratios['experiment']:.2f}×**" in table
+    assert bench.freeze_cache_ratio(run) > 0
+    ceiling = report["ceiling"]["efficientnet_lite0"]
     assert ceiling["train_img_s"] > 0 and ceiling["forward_img_s"] > 0
-    analysis = report["runs"]["resnet18"]["freeze_analysis"]
-    assert analysis["noaug_e2e_acc"] == pytest.approx(analysis["noaug_cached_acc"], abs=0.02)
-    assert json.loads(out.read_text())["settings"]["per_class"] == 10
-    assert out.with_suffix(".md").read_text().startswith("machine:")
+    assert ceiling["tlbench_full_img_s"] == run["tlbench"]["full"]["train_img_s"]
+    assert report["targets"][0]["target"] == "efficientnet_lite0: experiment ≥ 3× the notebook loop"
+
+    assert json.loads(out.read_text())["workload"]["per_class"] == 4
+    assert out.with_suffix(".md").read_text().startswith("machine: ")
+
+
+def test_fast_path_overrides_are_in_one_place(bench, tmp_path):
+    overrides = bench.tlbench_overrides(tmp_path, "resnet18", "freeze", bench.QUICK, tmp_path / "decoded")
+    for fast in bench.FAST["every"] + bench.FAST["freeze"]:
+        assert fast.format(cache_dir=tmp_path / "decoded") in overrides
+    assert "backbone.weights=null" in overrides  # nothing but Lite0 has weights offline
+    partial = bench.tlbench_overrides(tmp_path, "efficientnet_lite0", "partial", bench.QUICK, tmp_path)
+    assert not any(o.startswith("strategy.cache_features") for o in partial)
