@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 from tlbench.results import peak_memory, read_results, reset_cpu_peak, write_json_atomic
+from tlbench.runtime import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-run CPU peak needs /proc")
 def test_cpu_peak_memory_restarts_for_each_run():
-    """Runs of a sweep share one process: the second must not report the first one's peak."""
+    """Runs of a sweep share one process: the second must not report the first one's peak, also when the
+    allocator keeps freed memory for reuse (as tlbench.train sets it to)."""
+    keep_freed_memory()
     block = np.ones(400 * 2**20, dtype=np.uint8)
     with_block = peak_memory()["peak_memory_mb"]
     del block
@@ -31,3 +34,8 @@ def test_results_are_read_only_when_complete(tmp_path):
     assert read_results(tmp_path)["metrics"] == {"test/acc": 0.5}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_allocator_is_told_to_keep_freed_memory():
+    assert keep_freed_memory() is True

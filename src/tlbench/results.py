@@ -16,6 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from tlbench.runtime import release_freed_memory
+
 RESULTS_FILE = "results.json"
 VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
 
@@ -68,7 +70,9 @@ PROC_STATUS = Path("/proc/self/status")
 
 def reset_cpu_peak() -> None:
     """Start the process's peak-RSS count afresh: runs of a sweep share one process, and each run should
-    report its own peak, not the largest of all the runs before it (Linux; elsewhere a no-op)."""
+    report its own peak, not the largest of all the runs before it (Linux; elsewhere a no-op). Memory the
+    allocator kept for reuse (runtime.py) goes back to the kernel first, or it would count again."""
+    release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:

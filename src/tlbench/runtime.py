@@ -22,16 +22,30 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 KEEP = 1 << 30  # bytes; above any single activation buffer of the models we train
 
 
+def glibc_function(name: str):
+    """A function of glibc's malloc, or None (not Linux, or another C library such as musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed blocks for reuse (Linux only; elsewhere a no-op). True if set."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+    mallopt = glibc_function("mallopt")
+    if mallopt is None:
         return False
     ok = all(mallopt(param, KEEP) == 1 for param in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD))
     if not ok:
         log.debug("mallopt refused a setting; freed memory may still go back to the kernel")
     return ok
+
+
+def release_freed_memory() -> None:
+    """Hand the kept free memory back to the kernel, between runs: the next run's peak memory is then its
+    own, not the high-water mark a run before it left in the heap."""
+    trim = glibc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
