@@ -53,7 +53,7 @@ format: install ## ruff format + autofix
 bench: install ## notebook loop vs tlbench (the product path) vs the compute ceiling: full size on a GPU, --quick on CPU
 	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
 	  $(PY) benchmarks/bench.py --out benchmarks/results.json; \
-	else echo "no GPU: the reduced CPU workload (Lite0, 64 px; not the GPU targets)"; \
+	else echo "no GPU: the reduced CPU workload (Lite0, 224 px; not the GPU targets)"; \
 	  $(PY) benchmarks/bench.py --quick; fi
 
 tensorboard: install ## TensorBoard over every run in outputs/

