@@ -86,8 +86,10 @@ class GraphedForwardBackward:
 
     def capture(self, x: torch.Tensor, key: tuple) -> None:
         try:
-            self.graphed = torch.cuda.make_graphed_callables(_Forward(self.module), (x.detach().clone(),))
+            self.graphed = torch.cuda.make_graphed_callables(
+                _Forward(self.module), (x.detach().clone(),), allow_unused_input=True
+            )
             self.key = key
-        except RuntimeError as error:  # a model that cannot be captured still trains, eagerly
+        except (RuntimeError, AssertionError) as error:  # a model that cannot be captured trains eagerly
             log.warning("optim.cuda_graph: capture failed (%s); training with eager steps", error)
             self.failed, self.graphed = True, None
