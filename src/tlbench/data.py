@@ -1,11 +1,11 @@
 """The data side of an experiment: where images come from, which of them are used, and how they are shown
 to the network.
 
-Sources (sources.py) give labelled items per split; `ImageDataModule` takes a per-class subset, hands the
-splits to one pipeline (pipelines.py: streaming, or decoded once into memory; features.py wraps either
-with a frozen trunk's features) that reads them, leaves out unreadable files (and says which), and serves
-batches ready for the network. Preprocessing comes from the backbone's pretrained preset — the one place
-mean/std, crop size and interpolation come from.
+Sources (sources.py) give labelled items per split; `ImageDataModule` re-splits them into k folds where
+asked (data.folds), takes a per-class subset, hands the splits to one pipeline (pipelines.py: streaming, or
+decoded once into memory; features.py wraps either with a frozen trunk's features) that reads them, leaves
+out unreadable files (and says which), and serves batches ready for the network. Preprocessing comes from
+the backbone's pretrained preset — the one place mean/std, crop size and interpolation come from.
 """
 
 from __future__ import annotations
@@ -32,7 +32,18 @@ from tlbench.pipelines import (
     eval_transform,
     train_transform,
 )
-from tlbench.sources import SPLITS, DataError, LabelledItems, SourceData, load_source, per_class_subset
+from tlbench.sources import (
+    SPLITS,
+    DataError,
+    LabelledItems,
+    SourceData,
+    check_folds,
+    cross_validation_pool,
+    fold_of_each,
+    kfold_split,
+    load_source,
+    per_class_subset,
+)
 
 log = logging.getLogger(__name__)
 __all__ = ["ImageDataModule", "eval_transform", "train_transform", "with_image_size", "default_cache_dir"]
@@ -79,6 +90,8 @@ class ImageDataModule(L.LightningDataModule):
         pipeline: str = "auto",
         memory_max_gb: float = 8.0,
         cache_dir: str | None = "auto",
+        folds: int | None = None,
+        fold: int = 0,
         seed: int = 0,
         run_dir: str | None = None,
     ):
@@ -93,6 +106,7 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"data.batch_size must be at least 1, got {batch_size}")
         if pipeline not in PIPELINES:
             raise DataError(f"data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+        check_folds(folds, fold)
         if len(preset.mean) != in_chans:
             raise DataError(
                 f"the preset has {len(preset.mean)} channel statistics but data.in_chans={in_chans}"
@@ -101,6 +115,7 @@ class ImageDataModule(L.LightningDataModule):
         self.source, self.root, self.in_chans = source, root, in_chans
         self.per_class, self.val_per_class = per_class, val_per_class
         self.val_fraction, self.seed = val_fraction, seed
+        self.folds, self.fold = folds, fold
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.train_crop_scale, self.hflip = tuple(train_crop_scale), hflip
@@ -145,6 +160,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.data is not None:
             return
         data = load_source(self.source, self.root, self.val_fraction, self.seed, self.in_chans, self.download)
+        if self.folds is not None:
+            self.cross_validate(data)
         for note in data.notes:
             log.info(note)
         if self.per_class is not None:
@@ -163,6 +180,19 @@ class ImageDataModule(L.LightningDataModule):
             self.save_subset(data.splits["train"])
         self.data = data
         log.info("data pipeline: %s", self.pipeline.name)
+
+    def cross_validate(self, data: SourceData) -> None:
+        """data.folds=K: train and val pooled and split into K folds; fold data.fold validates, the rest
+        train. The test split stays; where the source has none, the validation fold stands in for it."""
+        pool = cross_validation_pool(data)
+        data.splits["train"], data.splits["val"] = kfold_split(pool, self.folds, self.fold, self.seed)
+        if data.test_split == "val":
+            data.splits["test"] = data.splits["val"]
+        data.notes.append(
+            f"k-fold: train and val pooled ({len(pool)} images) into {self.folds} seeded stratified folds; "
+            f"fold {self.fold} validates" + (", and is the test split" if data.test_split == "val" else "")
+        )
+        self.save_folds(pool)
 
     def choose_pipeline(self, data: SourceData) -> StreamingPipeline | MemoryPipeline:
         """`auto`: memory when the decoded splits fit under data.memory_max_gb, else streaming."""
@@ -234,6 +264,21 @@ class ImageDataModule(L.LightningDataModule):
             "targets": train.targets,
         }
         (self.run_dir / "subset.json").write_text(json.dumps(record))
+
+    def save_folds(self, pool: LabelledItems) -> None:
+        """The fold of every pooled image, so any fold's run can be reproduced exactly."""
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "folds": self.folds,
+            "fold": self.fold,
+            "seed": self.seed,
+            "items": [item if isinstance(item, str) else list(item) for item in pool.items],
+            "targets": pool.targets,
+            "fold_of_item": fold_of_each(pool, self.folds, self.seed),
+        }
+        (self.run_dir / "folds.json").write_text(json.dumps(record))
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()

@@ -33,7 +33,7 @@ from tlbench.predictions import Predictions, read_predictions
 RESULTS_FILE = "results.json"
 ERROR_FILE = "error.txt"
 
-# What a comparison is grouped by; the seed is the replicate axis.
+# What a comparison is grouped by; the seed (and under k-fold the fold) is the replicate axis: replicate_of.
 CONTEXT_KEYS = ("data", "backbone", "per_class")
 METRICS = {"test/acc": "test acc", "test/f1_macro": "macro-F1", "test/auroc": "AUROC", "test/ece": "ECE"}
 COSTS = {
@@ -98,7 +98,7 @@ class Group:
     backbone: str
     per_class: int | str
     strategy: str
-    seeds: list[Any]
+    seeds: list[Any]  # each run's replicate_of: its seed, or (seed, fold) under k-fold
     stats: dict[str, Stat]
     # Other params that differ between runs of the same strategy (learning rates of an Optuna sweep, ...):
     # runs that differ in them are never averaged together.
@@ -175,6 +175,13 @@ def data_size(per_class: Any) -> int | str:
     return ALL if per_class is None else int(per_class)
 
 
+def replicate_of(run: Run) -> Any:
+    """Which replicate of its setting a run is: its seed, or (seed, fold) under k-fold cross-validation
+    (runs from before data.folds have no fold). A setting is averaged, and strategies are paired, over it."""
+    seed, fold = run.params.get("seed"), run.params.get("fold")
+    return seed if fold is None else (seed, fold)
+
+
 def context_of(run: Run) -> tuple[str, str, int | str]:
     p = run.params
     return str(p.get("data", "?")), str(p.get("backbone", "?")), data_size(p.get("per_class"))
@@ -201,9 +208,9 @@ def cell_of(run: Run) -> tuple:
 
 
 def varying_params(runs: list[Run]) -> list[str]:
-    """Params besides the grouping keys and the seed that take more than one value among the runs of one
-    data × backbone × data size × strategy cell."""
-    fixed = {*CONTEXT_KEYS, "strategy", "seed"}
+    """Params besides the grouping keys and the replicate (seed, fold) that take more than one value among
+    the runs of one data × backbone × data size × strategy cell."""
+    fixed = {*CONTEXT_KEYS, "strategy", "seed", "fold"}
     values: dict[tuple, set[str]] = {}
     keys = {k for run in runs for k in run.params} - fixed
     for run in runs:
@@ -212,13 +219,9 @@ def varying_params(runs: list[Run]) -> list[str]:
     return sorted({k for (_, k), seen in values.items() if len(seen) > 1})
 
 
-def seed_order(seed: Any) -> tuple[bool, str]:
-    return not isinstance(seed, int), str(seed).zfill(12)
-
-
 def summarize(runs: list[Run]) -> list[Group]:
     """One group per data × backbone × data size × strategy (× any other param that varies within one),
-    with mean ± std over its seeds."""
+    with mean ± std over its replicates (seeds, or seeds × folds)."""
     split = varying_params(runs)
     by_key: dict[tuple, list[Run]] = {}
     for run in runs:
@@ -229,7 +232,7 @@ def summarize(runs: list[Run]) -> list[Group]:
         stats = {
             key: mean_std([v for r in members if (v := r.get(key)) is not None]) for key in (*METRICS, *COSTS)
         }
-        seeds = sorted((r.params.get("seed") for r in members), key=seed_order)
+        seeds = sorted((replicate_of(r) for r in members), key=verdict.seed_key)
         groups.append(Group(data, backbone, per_class, strategy, seeds, stats, dict(setting)))
     return sorted(
         groups,
@@ -352,8 +355,8 @@ def load_predictions(runs: list[Run]) -> dict[Path, Predictions | None]:
 def arms_of(
     runs: list[Run], predictions: dict[Path, Predictions | None]
 ) -> dict[tuple, dict[str, dict[Any, verdict.Sample]]]:
-    """context -> strategy label (as in the table) -> seed -> that run's accuracy and per-image scores.
-    A seed that ran twice counts once: the run folder that sorts last."""
+    """context -> strategy label (as in the table) -> replicate (seed, or seed and fold) -> that run's
+    accuracy and per-image scores. A replicate that ran twice counts once: the run folder that sorts last."""
     split = varying_params(runs)
     arms: dict[tuple, dict[str, dict[Any, verdict.Sample]]] = {}
     for run in sorted(runs, key=lambda r: r.path):
@@ -362,7 +365,7 @@ def arms_of(
         sample = verdict.Sample(
             run.get(RANK_BY), found.items if found else None, found.correct if found else None
         )
-        arms.setdefault(context_of(run), {}).setdefault(label, {})[run.params.get("seed")] = sample
+        arms.setdefault(context_of(run), {}).setdefault(label, {})[replicate_of(run)] = sample
     return arms
 
 
@@ -525,9 +528,9 @@ def write_summary_md(
         "",
         "## Results",
         "",
-        "Each cell is mean ± sample standard deviation (ddof=1) over the seeds of that setting; n is the "
-        "number of runs; – where there is a single run. AUROC only for two-class data. Peak memory is GPU "
-        "memory allocated on a GPU, the process's peak resident memory on a CPU.",
+        "Each cell is mean ± sample standard deviation (ddof=1) over the seeds (× folds, under k-fold) of "
+        "that setting; n is the number of runs; – where there is a single run. AUROC only for two-class "
+        "data. Peak memory is GPU memory allocated on a GPU, the process's peak resident memory on a CPU.",
         "",
         render_table(groups),
         "",
@@ -557,6 +560,13 @@ def write_summary_md(
             "a paired t-test over seeds, and say so. Details: `tlbench/verdict.py`.",
             "",
         ]
+        if any(run.params.get("fold") is not None for run in found.runs):
+            lines += [
+                "Cross-validated runs (data.folds) are paired by seed and fold, and a seed above is one "
+                "(seed, fold) pair. Folds share most of their training images, so the spread between folds "
+                "understates how much results vary with new data: read these intervals as optimistic.",
+                "",
+            ]
         for decision in analysis.decisions:
             lines += [*render_verdicts([decision]), "", *render_comparisons(decision), ""]
     if analysis.crossings:

@@ -2,7 +2,8 @@
 
 Each source gives the class names, labelled items per split (train / val / test: file paths, or indices into
 an in-memory array) and a reader that turns an item into a PIL image in the network's mode. Choosing which
-items a run uses (per-class subsets) and dropping unreadable files happen here too, before any training.
+items a run uses (k folds, per-class subsets) and dropping unreadable files happen here too, before any
+training.
 """
 
 from __future__ import annotations
@@ -108,6 +109,56 @@ def stratified_split(split: LabelledItems, fraction: float, seed: int) -> tuple[
         held_out += members[:n_out].tolist()
         keep += members[n_out:].tolist()
     return split.select(sorted(keep)), split.select(sorted(held_out))
+
+
+def check_folds(folds: int | None, fold: int) -> None:
+    """data.folds / data.fold as a user may set them; one line naming the key when they cannot work."""
+    if folds is None:
+        if fold != 0:
+            raise DataError(f"data.fold={fold} needs data.folds=K (k-fold cross-validation); set data.folds")
+        return
+    if folds < 2:
+        raise DataError(f"data.folds must be at least 2 (or null for no cross-validation), got {folds}")
+    if not 0 <= fold < folds:
+        raise DataError(f"data.fold must be between 0 and data.folds-1={folds - 1}, got {fold}")
+
+
+def fold_of_each(split: LabelledItems, folds: int, seed: int) -> list[int]:
+    """Seeded and stratified: the fold (0 … folds-1) of every item. Each class is shuffled and dealt
+    round-robin, starting where the previous class stopped, so a class's count, and a fold's size, differ
+    between folds by at most one."""
+    check_folds(folds, 0)
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(split.targets)
+    assignment = np.empty(len(targets), dtype=int)
+    dealt = 0
+    for label in np.unique(targets):
+        members = rng.permutation(np.flatnonzero(targets == label))
+        if len(members) < folds:
+            raise DataError(
+                f"data.folds={folds} needs at least {folds} images of every class; class {label} has "
+                f"{len(members)}: lower data.folds"
+            )
+        assignment[members] = (dealt + np.arange(len(members))) % folds
+        dealt += len(members)
+    return assignment.tolist()
+
+
+def kfold_split(
+    split: LabelledItems, folds: int, fold: int, seed: int
+) -> tuple[LabelledItems, LabelledItems]:
+    """(the other folds, fold `fold`) of a `folds`-way stratified, seeded partition of `split`."""
+    check_folds(folds, fold)
+    assignment = fold_of_each(split, folds, seed)
+    train = [i for i, f in enumerate(assignment) if f != fold]
+    val = [i for i, f in enumerate(assignment) if f == fold]
+    return split.select(train), split.select(val)
+
+
+def cross_validation_pool(data: SourceData) -> LabelledItems:
+    """What k-fold partitions: train and val together, both carved from the images that are not test."""
+    train, val = data.splits["train"], data.splits["val"]
+    return LabelledItems(train.items + val.items, train.targets + val.targets)
 
 
 def image_folder_source(root: str | Path, val_fraction: float, seed: int, in_chans: int) -> SourceData:

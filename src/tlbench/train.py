@@ -131,6 +131,9 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "backbone_config": choices.get("backbone"),
         "strategy": cfg.strategy.name,
         "seed": cfg.seed,
+        # Under k-fold, runs that differ only in seed and fold are replicates of one setting (report.py).
+        "fold": cfg.data.fold if cfg.data.folds is not None else None,
+        "folds": cfg.data.folds,
         "per_class": cfg.data.per_class,
         "in_chans": cfg.data.in_chans,
         "image_size": cfg.data.image_size,

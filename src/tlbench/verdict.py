@@ -16,6 +16,9 @@ per-seed mean of D. One bootstrap replicate:
      seed;
 3. and averages D over the drawn seeds and images.
 
+Under k-fold cross-validation (`data.folds`) a "seed" here is a (seed, fold) pair: the runs of one fold
+share its training and validation images, so strategies are paired by seed and fold.
+
 `N_BOOT` replicates (a fixed-seed `numpy.random.Generator`, so reports are reproducible) give the 95%
 percentile interval and the two-sided p-value 2·min(P*(d ≤ 0), P*(d ≥ 0)), each share counted as
 (k + 1) / (B + 1): it is below 0.05 exactly when the 95% interval excludes 0. Drawing N images with
@@ -145,8 +148,10 @@ class GroupVerdict:
         }
 
 
-def seed_key(seed: Any) -> tuple[bool, str]:
-    return not isinstance(seed, int), str(seed).zfill(12)
+def seed_key(seed: Any) -> tuple[tuple[bool, str], ...]:
+    """Sort order of seeds, numbers first; a (seed, fold) pair of k-fold runs sorts by seed, then fold."""
+    parts = seed if isinstance(seed, tuple) else (seed,)
+    return tuple((not isinstance(part, int), str(part).zfill(12)) for part in parts)
 
 
 def resampled_means(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
