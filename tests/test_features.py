@@ -107,6 +107,9 @@ def test_a_cached_feature_run_reports_what_every_run_reports(generated, tmp_path
     assert cached["feature_cache"] is True and partial["feature_cache"] is False
     assert set(cached) == set(partial) and set(cached["metrics"]) == set(partial["metrics"])
     assert cached["train_images_per_s"] > 0 and cached["best_checkpoint"] == "checkpoints/best.ckpt"
+    figures = {p.name for p in (tmp_path / "a" / "figures").iterdir()}
+    assert figures == {p.name for p in (tmp_path / "b" / "figures").iterdir()}
+    assert "train_batch.png" in figures, "the augmented images, though the head trained on features"
 
 
 def test_features_are_embedded_once_per_epoch_with_augmentation_and_once_without():

@@ -231,6 +231,12 @@ class ImageDataModule(L.LightningDataModule):
                 self.pipeline, embed, self.labels, self.eval_batch_size, self.augments, self.seed
             )
 
+    def preview_batch(self, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images as the network receives them (augmented, normalised): for the run's figures,
+        also when training batches are trunk features."""
+        images = self.pipeline.images if isinstance(self.pipeline, FeaturePipeline) else self.pipeline
+        return next(iter(images.loader("train", True, size, self.device, self.current_epoch)))
+
     @property
     def device(self) -> torch.device:
         """Where batches are made: the attached trainer's device, else the CPU."""

@@ -226,8 +226,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log_hparams(
         trainer, params, {k: v for k, v in metrics.items() if k.startswith("test/") and "class" not in k}
     )
+    drawn = figures.figure_inputs()
+    if drawn["train_images"] is None:  # trained on cached features: no image batch went through the network
+        drawn["train_images"], drawn["train_labels"] = datamodule.preview_batch()
     write_run_figures(
-        run_dir, trainer.logger, **figures.figure_inputs(), class_names=module.class_names,
+        run_dir, trainer.logger, **drawn, class_names=module.class_names,
         mean=module.preset.mean, std=module.preset.std, step=trainer.global_step,
     )  # fmt: skip
     write_json_atomic(run_dir / RESULTS_FILE, results)
