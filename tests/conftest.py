@@ -71,3 +71,25 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not found (the real-image tests need ../shared/data beside the repo)")
     return path
+
+
+GRAY_PRESET = {"mean": [0.5], "std": [0.25], "resize_size": 40, "crop_size": 32, "interpolation": "bilinear"}
+
+
+def save_untrained_checkpoint(path: Path, class_names: list[str]) -> Path:
+    """A random-init 1-channel resnet18 saved the way a run saves its checkpoints (no training needed)."""
+    import lightning as L
+
+    from tlbench.module import TransferModule
+
+    model = TransferModule(
+        backbone={"name": "resnet18", "weights": None},
+        num_classes=len(class_names),
+        in_chans=1,
+        class_names=class_names,
+        preset=GRAY_PRESET,
+    )
+    trainer = L.Trainer(accelerator="cpu", logger=False, max_epochs=0, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path

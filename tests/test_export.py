@@ -3,33 +3,19 @@ from __future__ import annotations
 import json
 import warnings
 
-import lightning as L
 import numpy as np
 import onnxruntime
 import pytest
 import torch
 
+from conftest import save_untrained_checkpoint
 from tlbench.export import export, load_checkpoint, main, serving_metadata
-from tlbench.module import TransferModule
-
-PRESET = {"mean": [0.5], "std": [0.25], "resize_size": 40, "crop_size": 32, "interpolation": "bilinear"}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A random-init resnet18 for 1-channel images, 2 classes, saved the way a run saves it."""
-    model = TransferModule(
-        backbone={"name": "resnet18", "weights": None},
-        num_classes=2,
-        in_chans=1,
-        class_names=["normal", "pneumonia"],
-        preset=PRESET,
-    )
-    trainer = L.Trainer(accelerator="cpu", logger=False, max_epochs=0, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("run") / "best.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("run") / "best.ckpt", ["normal", "pneumonia"])
 
 
 def reference_logits(checkpoint, images: torch.Tensor) -> torch.Tensor:

@@ -1,31 +1,17 @@
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 from PIL import Image
 
-from conftest import shared_data, write_images
+from conftest import save_untrained_checkpoint, shared_data, write_images
 from tlbench.backbones import Preset
-from tlbench.module import TransferModule
 from tlbench.predict import load_model, load_zero_shot, main, predict
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    preset = {"mean": [0.5], "std": [0.25], "resize_size": 40, "crop_size": 32, "interpolation": "bilinear"}
-    model = TransferModule(
-        backbone={"name": "resnet18", "weights": None},
-        num_classes=3,
-        in_chans=1,
-        class_names=["cat", "dog", "owl"],
-        preset=preset,
-    )
-    trainer = L.Trainer(accelerator="cpu", logger=False, max_epochs=0, enable_progress_bar=False)
-    trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", ["cat", "dog", "owl"])
 
 
 def test_predict_ranks_class_names_with_probabilities(checkpoint, tmp_path):
