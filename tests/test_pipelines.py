@@ -184,3 +184,34 @@ def test_a_class_whose_every_image_is_unreadable_stops_the_run(generated, pipeli
         path.write_bytes(b"broken")
     with pytest.warns(UserWarning), pytest.raises(DataError, match="no readable image of class.*dog"):
         datamodule(generated, RGB, pipeline=pipeline).setup()
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_a_memory_pipeline_run_resumes_with_the_batches_it_would_have_seen(generated, tmp_path, monkeypatch):
+    """partial (BatchNorm and weights of the top stage train), augmentation on: stopped after epoch 1 and
+    run again, it ends where the uninterrupted run ends — epoch 2's order and crops, not epoch 0's again."""
+    from tlbench.results import RunCost
+
+    overrides = [*small_on_cpu(generated), "strategy=partial", "data.pipeline=memory", "trainer.max_epochs=3"]
+    whole = train(compose_config(overrides), tmp_path / "whole")
+
+    def stop_at_epoch_2(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise Interrupted("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunCost, "on_train_epoch_start", stop_at_epoch_2, raising=False)
+        with pytest.raises(Interrupted):
+            train(compose_config(overrides), tmp_path / "resumed")
+    resumed = train(compose_config(overrides), tmp_path / "resumed")
+
+    weights = [
+        TransferModule.load_from_checkpoint(tmp_path / run / "checkpoints/last.ckpt", weights_only=True)
+        for run in ("whole", "resumed")
+    ]
+    for (name, a), (_, b) in zip(weights[0].state_dict().items(), weights[1].state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert resumed["metrics"]["test/acc"] == pytest.approx(whole["metrics"]["test/acc"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -243,15 +242,12 @@ class ImageDataModule(L.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def current_epoch(self) -> int:
-        """The epoch the next training pass belongs to. Lightning's own count for samplers: unlike
-        `trainer.current_epoch`, it is already right when a resumed run makes its first batches."""
+        """The epoch the next pass belongs to: the count Lightning hands samplers (`set_epoch`), which
+        while a resumed run restarts already names the epoch it runs, where `trainer.current_epoch` can
+        still name the last one completed."""
         if self.trainer is None:
             return 0
         return self.trainer.fit_loop.epoch_progress.current.processed
-
-    def batches_per_epoch(self) -> int:
-        self.setup()
-        return math.ceil(len(self.data.splits["train"]) / self.batch_size)
 
     def labels(self, split: str) -> torch.Tensor:
         """The class of each image of `split`, in dataset order."""

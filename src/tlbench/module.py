@@ -8,7 +8,6 @@ download: the saved hyper-parameters point at random init because the checkpoint
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import lightning as L
@@ -143,7 +142,6 @@ class TransferModule(L.LightningModule):
             self.test_binary = binary_metrics().clone(prefix="test/")
         self.test_per_class_result: dict[str, float] = {}
         self.graphed: GraphedForwardBackward | None = None
-        self.batches_per_epoch: int | None = None  # train batches per epoch, when the data side says
         # Softmax probabilities and targets of the last test pass, in loader order (predictions.csv).
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None
@@ -297,7 +295,8 @@ class TransferModule(L.LightningModule):
             self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable
         )
         optimizer = build_optimizer(groups, o["name"], o["momentum"], fused=self.device.type == "cuda")
-        steps_per_epoch, total_steps = self.schedule_length()
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
         scheduler = build_scheduler(
             optimizer,
             o["scheduler"],
@@ -310,25 +309,6 @@ class TransferModule(L.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def schedule_length(self) -> tuple[int, int]:
-        """(optimizer steps per epoch, in all) for the learning-rate schedule.
-
-        With `batches_per_epoch` given (train.py gives the data side's count), no batch is drawn to count
-        them: Lightning's `estimated_stepping_batches` draws the first one while it configures the
-        optimizers, before a resumed run has restored its epoch, and that batch would be epoch 0's.
-        """
-        trainer = self.trainer
-        if self.batches_per_epoch is None:
-            total = max(1, int(trainer.estimated_stepping_batches))
-            return max(1, total // max(1, trainer.max_epochs or 1)), total
-        limit, batches = trainer.limit_train_batches, self.batches_per_epoch
-        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
-        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
-        total = per_epoch * max(1, trainer.max_epochs or 1)
-        if trainer.max_steps and trainer.max_steps > 0:
-            total = min(total, trainer.max_steps)
-        return per_epoch, total
 
     def configure_callbacks(self) -> list[L.Callback]:
         if self.strategy["name"] == "gradual":

@@ -171,7 +171,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         ", ".join(module.trainable_stages),
     )
 
-    module.batches_per_epoch = datamodule.batches_per_epoch()
     if module.caches_features:
         datamodule.use_features(module.embed)
     cost = RunCost()
