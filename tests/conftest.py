@@ -93,3 +93,22 @@ def save_untrained_checkpoint(path: Path, class_names: list[str]) -> Path:
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path)
     return path
+
+
+class Interrupted(RuntimeError):
+    """Stands for a kill: raised inside a run, it leaves the checkpoints the run had written."""
+
+
+def train_until_killed(overrides: list[str], run_dir: Path, epoch: int, monkeypatch) -> None:
+    """Run tlbench.train.train and stop it as epoch `epoch` starts (after epoch-1's checkpoints)."""
+    from tlbench.results import RunCost
+    from tlbench.train import compose_config, train
+
+    def stop(self, trainer, pl_module):
+        if trainer.current_epoch == epoch:
+            raise Interrupted("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunCost, "on_train_epoch_start", stop, raising=False)
+        with pytest.raises(Interrupted):
+            train(compose_config(overrides), run_dir)

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_image_folder, small
+from conftest import make_image_folder, small, train_until_killed
 from tlbench.features import FeatureLoader
 from tlbench.module import TransferModule
-from tlbench.results import RunCost
 from tlbench.strategies import StrategyError
 from tlbench.train import compose_config, train
 
@@ -55,10 +54,6 @@ def test_cached_features_train_the_head_that_end_to_end_freeze_trains(generated,
     assert cached["metrics"]["test/acc"] == pytest.approx(end_to_end["metrics"]["test/acc"])
 
 
-class Interrupted(RuntimeError):
-    pass
-
-
 def test_a_cached_feature_run_resumes_from_last_ckpt_as_if_never_stopped(generated, tmp_path, monkeypatch):
     """With augmentation on, so each epoch embeds its own view: a run stopped after epoch 1 and run again
     continues from last.ckpt and ends with the uninterrupted run's head. SGD with the step schedule shows the
@@ -75,14 +70,7 @@ def test_a_cached_feature_run_resumes_from_last_ckpt_as_if_never_stopped(generat
     )
     whole = train(compose_config(overrides), tmp_path / "whole")
 
-    def stop_at_epoch_2(self, trainer, pl_module):
-        if trainer.current_epoch == 2:
-            raise Interrupted("killed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(RunCost, "on_train_epoch_start", stop_at_epoch_2, raising=False)
-        with pytest.raises(Interrupted):
-            train(compose_config(overrides), tmp_path / "resumed")
+    train_until_killed(overrides, tmp_path / "resumed", epoch=2, monkeypatch=monkeypatch)
     stopped = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert stopped["epoch"] == 1
     resumed = train(compose_config(overrides), tmp_path / "resumed")

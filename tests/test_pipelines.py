@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder, small
+from conftest import make_image_folder, small, train_until_killed
 from tlbench import sources
 from tlbench.backbones import Preset
 from tlbench.data import ImageDataModule
@@ -186,26 +186,13 @@ def test_a_class_whose_every_image_is_unreadable_stops_the_run(generated, pipeli
         datamodule(generated, RGB, pipeline=pipeline).setup()
 
 
-class Interrupted(RuntimeError):
-    pass
-
-
 def test_a_memory_pipeline_run_resumes_with_the_batches_it_would_have_seen(generated, tmp_path, monkeypatch):
     """partial (BatchNorm and weights of the top stage train), augmentation on: stopped after epoch 1 and
     run again, it ends where the uninterrupted run ends — epoch 2's order and crops, not epoch 0's again."""
-    from tlbench.results import RunCost
-
     overrides = [*small_on_cpu(generated), "strategy=partial", "data.pipeline=memory", "trainer.max_epochs=3"]
     whole = train(compose_config(overrides), tmp_path / "whole")
 
-    def stop_at_epoch_2(self, trainer, pl_module):
-        if trainer.current_epoch == 2:
-            raise Interrupted("killed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(RunCost, "on_train_epoch_start", stop_at_epoch_2, raising=False)
-        with pytest.raises(Interrupted):
-            train(compose_config(overrides), tmp_path / "resumed")
+    train_until_killed(overrides, tmp_path / "resumed", epoch=2, monkeypatch=monkeypatch)
     resumed = train(compose_config(overrides), tmp_path / "resumed")
 
     weights = [
