@@ -230,6 +230,7 @@ class MemoryPipeline:
         self.preprocess = EvalPreprocess(p.mean, p.std)
         self.splits: dict[str, MemorySplit] = {}
         self.on_devices: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.decode_plans: dict[str, DecodePlan] | None = None
 
     @staticmethod
     def distinct_splits(data: SourceData) -> dict[str, LabelledItems]:
@@ -240,11 +241,14 @@ class MemoryPipeline:
         return splits
 
     def plans(self, data: SourceData) -> dict[str, DecodePlan]:
-        preset = self.settings.preset
-        return {
-            name: decode_plan(name, split_image_sizes(split, data.read), preset)
-            for name, split in self.distinct_splits(data).items()
-        }
+        """One plan per split, from the images' sizes; worked out once (file headers are read for it)."""
+        if self.decode_plans is None:
+            preset = self.settings.preset
+            self.decode_plans = {
+                name: decode_plan(name, split_image_sizes(split, data.read), preset)
+                for name, split in self.distinct_splits(data).items()
+            }
+        return self.decode_plans
 
     def size_gb(self, data: SourceData, plans: dict[str, DecodePlan]) -> float:
         splits, chans = self.distinct_splits(data), self.settings.in_chans
