@@ -39,9 +39,9 @@ from tlbench.sources import (
     check_folds,
     cross_validation_pool,
     fold_of_each,
-    kfold_split,
     load_source,
     per_class_subset,
+    split_by_fold,
 )
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class ImageDataModule(L.LightningDataModule):
         self.report_bad_images()
         check_every_class_is_present(data, self.root or self.source)
         if self.per_class is not None:
-            self.save_subset(data.splits["train"])
+            self.save_record("subset.json", data.splits["train"], per_class=self.per_class)
         self.data = data
         log.info("data pipeline: %s", self.pipeline.name)
 
@@ -184,14 +184,15 @@ class ImageDataModule(L.LightningDataModule):
         """data.folds=K: train and val pooled and split into K folds; fold data.fold validates, the rest
         train. The test split stays; where the source has none, the validation fold stands in for it."""
         pool = cross_validation_pool(data)
-        data.splits["train"], data.splits["val"] = kfold_split(pool, self.folds, self.fold, self.seed)
+        assignment = fold_of_each(pool, self.folds, self.seed)
+        data.splits["train"], data.splits["val"] = split_by_fold(pool, assignment, self.fold)
         if data.test_split == "val":
             data.splits["test"] = data.splits["val"]
         data.notes.append(
             f"k-fold: train and val pooled ({len(pool)} images) into {self.folds} seeded stratified folds; "
             f"fold {self.fold} validates" + (", and is the test split" if data.test_split == "val" else "")
         )
-        self.save_folds(pool)
+        self.save_record("folds.json", pool, folds=self.folds, fold=self.fold, fold_of_item=assignment)
 
     def choose_pipeline(self, data: SourceData) -> StreamingPipeline | MemoryPipeline:
         """`auto`: memory when the decoded splits fit under data.memory_max_gb, else streaming."""
@@ -254,33 +255,18 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         return torch.tensor(self.data.splits[split].targets)
 
-    def save_subset(self, train: LabelledItems) -> None:
-        """Which training images a per-class subset used, so the result can be reproduced exactly."""
+    def save_record(self, name: str, split: LabelledItems, **settings) -> None:
+        """Which images a run used (a per-class subset, the k-fold pool), so it can be reproduced exactly."""
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         record = {
-            "per_class": self.per_class,
+            **settings,
             "seed": self.seed,
-            "items": [item if isinstance(item, str) else list(item) for item in train.items],
-            "targets": train.targets,
+            "items": [item if isinstance(item, str) else list(item) for item in split.items],
+            "targets": split.targets,
         }
-        (self.run_dir / "subset.json").write_text(json.dumps(record))
-
-    def save_folds(self, pool: LabelledItems) -> None:
-        """The fold of every pooled image, so any fold's run can be reproduced exactly."""
-        if self.run_dir is None:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        record = {
-            "folds": self.folds,
-            "fold": self.fold,
-            "seed": self.seed,
-            "items": [item if isinstance(item, str) else list(item) for item in pool.items],
-            "targets": pool.targets,
-            "fold_of_item": fold_of_each(pool, self.folds, self.seed),
-        }
-        (self.run_dir / "folds.json").write_text(json.dumps(record))
+        (self.run_dir / name).write_text(json.dumps(record))
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()

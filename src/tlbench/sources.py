@@ -149,7 +149,13 @@ def kfold_split(
 ) -> tuple[LabelledItems, LabelledItems]:
     """(the other folds, fold `fold`) of a `folds`-way stratified, seeded partition of `split`."""
     check_folds(folds, fold)
-    assignment = fold_of_each(split, folds, seed)
+    return split_by_fold(split, fold_of_each(split, folds, seed), fold)
+
+
+def split_by_fold(
+    split: LabelledItems, assignment: list[int], fold: int
+) -> tuple[LabelledItems, LabelledItems]:
+    """(the items of the other folds, the items of `fold`) for a fold assignment from `fold_of_each`."""
     train = [i for i, f in enumerate(assignment) if f != fold]
     val = [i for i, f in enumerate(assignment) if f == fold]
     return split.select(train), split.select(val)
