@@ -20,8 +20,7 @@ from tlbench.backbones import WeightsUnavailableError, build_imagenet_classifier
 from tlbench.data import eval_transform
 from tlbench.images import BadImageError, read_image
 from tlbench.module import TransferModule
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+from tlbench.sources import IMAGE_EXTENSIONS
 
 
 class ImageNetClassifier(nn.Module):
@@ -100,7 +99,7 @@ def expand_folders(inputs: list[str]) -> list[str]:
     paths = []
     for item in inputs:
         if Path(item).is_dir():
-            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 raise FileNotFoundError(f"no image files under {item}")
             paths += [str(p) for p in found]
