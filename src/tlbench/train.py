@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench import sweep
 from tlbench.backbones import get_preset
+from tlbench.checks import check_config
 from tlbench.data import ImageDataModule
 from tlbench.figures import RunFigureRecorder, write_run_figures
 from tlbench.module import TransferModule
@@ -153,6 +154,7 @@ def log_hparams(trainer: L.Trainer, params: dict, metrics: dict[str, float]) -> 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
     started = time.perf_counter()
+    check_config(cfg)
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
@@ -288,6 +290,7 @@ def main(cfg: DictConfig) -> float | None:
         log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
         return done.get("best_val")
     if cfg.force:
+        check_config(cfg)  # a mistyped value must not cost the folder's previous run
         sweep.start_over(run_dir)
     sweep.clear_failure(run_dir)
     try:
