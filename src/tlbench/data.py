@@ -28,6 +28,7 @@ from tlbench.pipelines import (
     FeedSettings,
     MemoryPipeline,
     StreamingPipeline,
+    augment_policy,
     eval_transform,
     train_transform,
 )
@@ -84,6 +85,7 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         train_crop_scale: Sequence[float] = (0.08, 1.0),
         hflip: bool = True,
+        augment: str = "crop_flip",
         on_bad_image: str = "skip",
         download: bool = True,
         pipeline: str = "auto",
@@ -106,6 +108,7 @@ class ImageDataModule(L.LightningDataModule):
         if pipeline not in PIPELINES:
             raise DataError(f"data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         check_folds(folds, fold)
+        augment_policy(augment)  # a wrong data.augment is named now, not after the images are decoded
         if len(preset.mean) != in_chans:
             raise DataError(
                 f"the preset has {len(preset.mean)} channel statistics but data.in_chans={in_chans}"
@@ -117,7 +120,7 @@ class ImageDataModule(L.LightningDataModule):
         self.folds, self.fold = folds, fold
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.train_crop_scale, self.hflip = tuple(train_crop_scale), hflip
+        self.train_crop_scale, self.hflip, self.augment = tuple(train_crop_scale), hflip, augment
         self.on_bad_image, self.download = on_bad_image, download
         self.run_dir = Path(run_dir) if run_dir else None
         self.pipeline_choice = pipeline
@@ -130,6 +133,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=(os.cpu_count() or 1) if num_workers is None else num_workers,
             cache_dir=default_cache_dir(cache_dir),
             memory_max_gb=memory_max_gb,
+            augment=augment,
         )
         self.pipeline: StreamingPipeline | MemoryPipeline | FeaturePipeline | None = None
         self.data: SourceData | None = None
@@ -147,7 +151,7 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def augments(self) -> bool:
         """Whether two passes over the training images show the network different views."""
-        return self.train_crop_scale != (1.0, 1.0) or self.hflip
+        return self.train_crop_scale != (1.0, 1.0) or self.hflip or self.augment != "crop_flip"
 
     def prepare_data(self) -> None:
         # Downloads (when online) happen once here, before workers or ranks read the files. A module

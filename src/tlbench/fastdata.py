@@ -319,11 +319,14 @@ class EvalPreprocess(Normalize):
 
 
 class GpuAugment:
-    """RandomResizedCrop + RandomHorizontalFlip + Normalize for a uint8 batch, on the batch's device.
+    """RandomResizedCrop + RandomHorizontalFlip (+ a policy) + Normalize for a uint8 batch, on its device.
 
     Every sample gets its own box and flip, drawn from the generator passed in (the loader's, seeded per
-    epoch, so a resumed run draws what the uninterrupted one drew). Output: float (or `dtype`), normalised,
-    channels_last when asked.
+    epoch, so a resumed run draws what the uninterrupted one drew). `policy` (data.augment: torchvision's
+    TrivialAugmentWide or RandAugment) then runs on each cropped uint8 image by itself — a v2 policy given
+    a batch would apply one operation to all of it — with torch's global RNG seeded from that generator for
+    the batch, so it is as reproducible as the crops. Output: float (or `dtype`), normalised, channels_last
+    when asked.
     """
 
     def __init__(
@@ -337,8 +340,10 @@ class GpuAugment:
         interpolation: str = "bilinear",
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        policy: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.crop_size = crop_size
+        self.policy = policy
         self.scale = scale
         self.ratio = ratio
         self.hflip = hflip
@@ -351,7 +356,17 @@ class GpuAugment:
         flip = None
         if self.hflip:
             flip = torch.rand(n, generator=generator, device=images.device) < 0.5
-        return self.normalize(resized_crop(images, boxes, self.crop_size, flip, self.interpolation))
+        cropped = resized_crop(images, boxes, self.crop_size, flip, self.interpolation)
+        if self.policy is not None:
+            cropped = self.apply_policy(cropped, generator)
+        return self.normalize(cropped)
+
+    def apply_policy(self, cropped: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=cropped.device))
+        images = cropped.round_().clamp_(0, 255).to(torch.uint8)
+        with torch.random.fork_rng(devices=[]):  # the policies draw their choices on the CPU
+            torch.manual_seed(seed)
+            return torch.stack([self.policy(image) for image in images])
 
 
 def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:

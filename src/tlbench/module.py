@@ -25,6 +25,7 @@ from torchmetrics.classification import (
 )
 
 from tlbench.backbones import Preset, build_backbone
+from tlbench.recipes import batch_mixing
 from tlbench.steps import GraphedForwardBackward, resolve_cuda_graph
 from tlbench.strategies import (
     BN_POLICIES,
@@ -62,6 +63,10 @@ DEFAULT_OPTIM = {
     "gamma": 0.1,
     "label_smoothing": 0.0,
     "cuda_graph": "auto",
+    # Recipe pieces (recipes.py): mixup / cutmix Beta alphas (0 = off); ema decay (null = off, a callback).
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "ema": None,
 }
 
 
@@ -115,7 +120,16 @@ class TransferModule(L.LightningModule):
         self.optim = with_defaults(optim, DEFAULT_OPTIM, "optim")
         if self.strategy["bn"] not in BN_POLICIES:
             raise StrategyError(f"strategy.bn must be one of {BN_POLICIES}, got {self.strategy['bn']!r}")
+        self.mixing = batch_mixing(self.optim["mixup"], self.optim["cutmix"], num_classes)
         self.caches_features = resolve_cache_features(self.strategy)
+        if self.mixing is not None and self.caches_features:
+            # Mixup and CutMix blend images; a frozen trunk's cached features of unblended images cannot be.
+            if self.strategy["cache_features"] is True:
+                raise StrategyError(
+                    "optim.mixup / optim.cutmix blend training images, which cached trunk features cannot "
+                    "show: set strategy.cache_features=false (or auto)"
+                )
+            self.caches_features = False
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
@@ -217,12 +231,20 @@ class TransferModule(L.LightningModule):
             use = resolve_cuda_graph(self.optim["cuda_graph"], self.trainer)
             self.graphed = GraphedForwardBackward(self) if use else None
 
+    def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Class indices, or one probability row per image (mixup / cutmix): cross-entropy takes both."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.optim["label_smoothing"])
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
+        if self.mixing is not None:
+            images, targets = self.mixing(images, targets)
         x = self.prepare_images(images)
         logits = self.graphed(x) if self.graphed is not None else self(x)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.optim["label_smoothing"])
-        self.train_acc(logits, targets)
+        loss = self.training_loss(logits, targets)
+        # A blended image is scored against the class with the larger share of it: train/acc then says how
+        # often the network names the dominant image, never more than it can see.
+        self.train_acc(logits, targets.argmax(dim=1) if targets.ndim == 2 else targets)
         # On a GPU a per-step value in the progress bar is a host sync every step: epoch means only there.
         cpu = self.device.type == "cpu"
         self.log("train/loss", loss, on_step=cpu, on_epoch=True, prog_bar=True, batch_size=len(targets))

@@ -43,6 +43,13 @@ from tlbench.sources import SPLITS, DataError, LabelledItems, ReadArray, SourceD
 
 log = logging.getLogger(__name__)
 PIPELINES = ("auto", "streaming", "memory")
+# data.augment: what each training image goes through after its random crop and flip. The policies are
+# torchvision's, with bilinear geometry (tensor rotations and shears support nearest and bilinear only).
+AUGMENT_POLICIES = {
+    "crop_flip": None,
+    "trivialaugment": lambda: T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
+    "randaugment": lambda: T.RandAugment(interpolation=InterpolationMode.BILINEAR),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class FeedSettings:
     num_workers: int
     cache_dir: str | None
     memory_max_gb: float
+    augment: str = "crop_flip"  # data.augment (AUGMENT_POLICIES)
 
 
 # ---------------------------------------------------------------------------------------------- transforms
@@ -83,8 +91,20 @@ def eval_transform(preset: Preset) -> T.Compose:
     return T.Compose([resize, T.CenterCrop(preset.crop_size), *to_normalized_tensor(preset)])
 
 
+def augment_policy(name: str) -> T.Transform | None:
+    """data.augment → the torchvision policy (None for crop_flip). Works on RGB and grayscale (L) images and
+    on uint8 tensors of 1 or 3 channels: colour operations leave a single channel as it is."""
+    if name not in AUGMENT_POLICIES:
+        raise DataError(f"data.augment must be one of {', '.join(AUGMENT_POLICIES)}, got {name!r}")
+    make = AUGMENT_POLICIES[name]
+    return make() if make is not None else None
+
+
 def train_transform(
-    preset: Preset, crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True
+    preset: Preset,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    hflip: bool = True,
+    augment: str = "crop_flip",
 ) -> T.Compose:
     crop = T.RandomResizedCrop(
         preset.crop_size,
@@ -93,7 +113,8 @@ def train_transform(
         antialias=True,
     )
     flip = [T.RandomHorizontalFlip()] if hflip else []
-    return T.Compose([crop, *flip, *to_normalized_tensor(preset)])
+    policy = augment_policy(augment)
+    return T.Compose([crop, *flip, *([policy] if policy else []), *to_normalized_tensor(preset)])
 
 
 def drop_items(data: SourceData, bad: dict[str, str]) -> None:
@@ -154,7 +175,7 @@ class StreamingPipeline:
         bad = find_unreadable(files, self.settings.cache_dir)
         drop_items(data, bad)
         s = self.settings
-        transforms = {"train": train_transform(s.preset, s.crop_scale, s.hflip)}
+        transforms = {"train": train_transform(s.preset, s.crop_scale, s.hflip, s.augment)}
         transforms["val"] = transforms["test"] = eval_transform(s.preset)
         self.datasets = {
             name: ImageListDataset(data.splits[name], data.read, transforms[name]) for name in SPLITS
@@ -225,7 +246,7 @@ class MemoryPipeline:
         p = settings.preset
         self.augment = GpuAugment(
             p.crop_size, p.mean, p.std, scale=settings.crop_scale, hflip=settings.hflip,
-            interpolation=p.interpolation,
+            interpolation=p.interpolation, policy=augment_policy(settings.augment),
         )  # fmt: skip
         self.preprocess = EvalPreprocess(p.mean, p.std)
         self.splits: dict[str, MemorySplit] = {}

@@ -26,13 +26,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tlbench import sweep
+from tlbench import sweep, tune
 from tlbench.backbones import get_preset
 from tlbench.checks import check_config
 from tlbench.data import ImageDataModule
 from tlbench.figures import RunFigureRecorder, write_run_figures
 from tlbench.module import TransferModule
 from tlbench.predictions import write_predictions
+from tlbench.recipes import early_stopping, ema_callback
 from tlbench.results import (
     RESULTS_FILE,
     RunCost,
@@ -98,13 +99,15 @@ def build_logger(name: str, run_dir: Path):
 def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trainer, ModelCheckpoint]:
     options = plain(cfg.trainer)
     monitor = options.pop("monitor")
+    patience = options.pop("early_stopping_patience", None)
+    mode = "min" if monitor.endswith("loss") else "max"
     options["precision"] = resolve_precision(options.get("precision"))
     logger = build_logger(cfg.logger.name, run_dir)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
         monitor=monitor,
-        mode="min" if monitor.endswith("loss") else "max",
+        mode=mode,
         auto_insert_metric_name=False,
     )
     # Its own callback: ModelCheckpoint(save_last=True) writes last.ckpt only when the best one improves,
@@ -116,7 +119,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trai
         save_top_k=1,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint, latest, cost]
+    recipe = [ema_callback(cfg.optim.get("ema")), early_stopping(monitor, mode, patience)]
+    callbacks = [c for c in recipe if c is not None] + [checkpoint, latest, cost]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
@@ -215,6 +219,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **module.parameter_counts(),
         "trainable_stages": module.trainable_stages,
         "bad_images": sorted(datamodule.bad_images),
+        "epochs_trained": trainer.current_epoch,
+        "stopped_early": trainer.early_stopping_callback is not None
+        and trainer.early_stopping_callback.stopped_epoch > 0,
         "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
         "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "precision": str(trainer.precision),
@@ -236,6 +243,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
+
+
+def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """tune.lr_find=true: the LR range test on this run's data, module and trainer settings (tune.py)."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg, run_dir)
+    datamodule.setup()
+    module = build_module(cfg, datamodule)
+    if module.caches_features:
+        datamodule.use_features(module.embed)
+    options = plain(cfg.trainer)
+    for key in ("monitor", "early_stopping_patience"):
+        options.pop(key, None)
+    options["precision"] = resolve_precision(options.get("precision"))
+    return tune.find_learning_rate(
+        module, datamodule, options, plain(cfg.strategy), plain(cfg.tune), run_dir
+    )
 
 
 def summary_line(results: dict) -> str:
@@ -285,7 +310,8 @@ def main(cfg: DictConfig) -> float | None:
     sweep.pin_job_to_gpu(hydra_cfg)  # before anything starts CUDA
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    done = None if cfg.force else read_results(run_dir)
+    # The LR range test never skips: it trains nothing and writes no results.json.
+    done = None if cfg.force or cfg.tune.lr_find is True else read_results(run_dir)
     if done is not None:
         log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
         return done.get("best_val")
@@ -297,6 +323,9 @@ def main(cfg: DictConfig) -> float | None:
         problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
         if problem:
             raise ValueError(problem)
+        if tune.lr_find_requested(plain(cfg.tune)):
+            print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
+            return None
         results = train(cfg, run_dir)
     except Exception as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
         sweep.record_failure(run_dir, error)

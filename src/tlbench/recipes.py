@@ -1,0 +1,86 @@
+"""Recipe pieces that are one config value each, built from Lightning's and torchvision's own parts:
+
+  optim.mixup / optim.cutmix     blend pairs of training images and their labels (v2.MixUp / v2.CutMix)
+  optim.ema                      evaluate and checkpoint an exponential moving average of the weights
+  trainer.early_stopping_patience  stop when the monitored validation metric stops improving
+
+(The augmentation policy, data.augment, lives with the other transforms in pipelines.py; the LR finder in
+tune.py.) Each value is checked where it is read, and a wrong one is named with what to write instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+from torchvision.transforms import v2 as T
+
+
+class RecipeError(ValueError):
+    """A recipe value that cannot run; the message names the key and what to do."""
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ------------------------------------------------------------------------------------------- mixup / cutmix
+def batch_mixing(mixup: Any, cutmix: Any, num_classes: int) -> T.Transform | None:
+    """The transform that mixes a training batch, or None when both alphas are 0.
+
+    Each alpha is the Beta(alpha, alpha) concentration of the mixing weight, as in timm (0.2 and 1.0 are
+    common). With both set, each batch is mixed by one of the two, chosen at random (timm's default).
+    """
+    for key, alpha in (("optim.mixup", mixup), ("optim.cutmix", cutmix)):
+        if not is_number(alpha) or alpha < 0:
+            raise RecipeError(f"{key} must be a number ≥ 0 (0 = off), got {alpha!r}: e.g. {key}=0.2")
+    mixers = []
+    if mixup > 0:
+        mixers.append(T.MixUp(alpha=float(mixup), num_classes=num_classes))
+    if cutmix > 0:
+        mixers.append(T.CutMix(alpha=float(cutmix), num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else T.RandomChoice(mixers)
+
+
+# ---------------------------------------------------------------------------------------------------- EMA
+class EvaluatedEMA(EMAWeightAveraging):
+    """Lightning's EMA callback, with the average as *the* model everywhere it is evaluated.
+
+    Lightning already swaps the average in for validation (so `trainer.monitor` picks the best average),
+    writes it as a checkpoint's `state_dict` (the live weights go to `current_model_state`) and restores
+    both when a fit resumes. But its `on_load_checkpoint` puts the live weights back whenever it holds an
+    average, also when `trainer.test(ckpt_path=best)` loads a checkpoint after fit: here that happens only
+    while fitting, so testing and `predict` see the average.
+    """
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def ema_callback(decay: Any) -> EvaluatedEMA | None:
+    """optim.ema: the average's decay per optimizer step (null = off). It weighs roughly the last
+    1 / (1 - decay) steps: 0.99 ≈ 100 steps; keep that well under the run's total steps."""
+    if decay is None:
+        return None
+    if not is_number(decay) or not 0.0 < decay < 1.0:
+        raise RecipeError(f"optim.ema must be null (off) or a decay between 0 and 1, got {decay!r}: e.g. optim.ema=0.999")
+    return EvaluatedEMA(decay=float(decay))
+
+
+# ------------------------------------------------------------------------------------------ early stopping
+def early_stopping(monitor: str, mode: str, patience: Any) -> EarlyStopping | None:
+    """trainer.early_stopping_patience: validation epochs without improvement of `trainer.monitor` before
+    training stops (null = off). The best checkpoint is still the one tested."""
+    if patience is None:
+        return None
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise RecipeError(
+            "trainer.early_stopping_patience must be null (off) or a whole number ≥ 1, "
+            f"got {patience!r}: e.g. trainer.early_stopping_patience=3"
+        )
+    return EarlyStopping(monitor=monitor, mode=mode, patience=patience)

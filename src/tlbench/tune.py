@@ -1,0 +1,140 @@
+"""The learning-rate range test (`python -m tlbench.train ... tune.lr_find=true`), per-stage groups kept.
+
+Lightning's `Tuner.lr_find` trains a few steps while the learning rate grows from tune.min_lr to
+tune.max_lr and suggests the rate where the loss falls fastest. It sets *every* parameter group to the
+same rate, which would erase the strategy's head_lr : backbone_lr ratio (and layer_decay). Here the rate
+it sweeps stands for the head's: before each step, `GroupRatioLRFinder` puts every group back at
+swept rate × (the group's configured rate / strategy.head_lr). The suggestion is therefore a head_lr, and
+the backbone's follows from the configured ratio.
+
+The range test trains the strategy's first phase (gradual unfreezing's later stages do not join in) and
+then restores the initial weights; it writes lr_find.json and lr_find.png to the run folder and says which
+overrides to train with. Nothing is trained for real and no results.json is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from lightning.pytorch.callbacks import LearningRateFinder
+
+from tlbench.recipes import RecipeError, is_number
+
+log = logging.getLogger(__name__)
+LR_FIND_FILE = "lr_find.json"
+LR_FIND_PLOT = "lr_find.png"
+
+
+class GroupRatioLRFinder(LearningRateFinder):
+    """Lightning's LR finder callback, sweeping the head's rate with every group at its configured ratio.
+
+    Lightning's finder writes one rate to every group each step; an optimizer step pre-hook then scales
+    each group by (its configured rate / head_lr). The hook lives on the optimizer because the finder
+    replaces the trainer's callbacks while it runs. After the range test this fit stops: it was only for it.
+    """
+
+    def __init__(self, head_lr: float, **finder_options: Any):
+        super().__init__(**finder_options)
+        self.head_lr = head_lr
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        # `initial_lr` is the configured rate where a scheduler (warm-up) has already scaled `lr`.
+        factors = [g.get("initial_lr", g["lr"]) / self.head_lr for g in optimizer.param_groups]
+
+        def keep_ratios(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            swept = trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0]
+            for group, factor in zip(opt.param_groups, factors, strict=True):
+                group["lr"] = swept * factor
+
+        hook = optimizer.register_step_pre_hook(keep_ratios)
+        try:
+            self.lr_find(trainer, pl_module)
+        finally:
+            hook.remove()
+        trainer.should_stop = True
+
+
+def lr_find_requested(tune: dict) -> bool:
+    if not isinstance(tune.get("lr_find"), bool):
+        raise RecipeError(f"tune.lr_find must be true or false, got {tune.get('lr_find')!r}")
+    return tune["lr_find"]
+
+
+def check_tune_settings(tune: dict) -> None:
+    for key in ("min_lr", "max_lr"):
+        if not is_number(tune[key]) or tune[key] <= 0:
+            raise RecipeError(f"tune.{key} must be a learning rate > 0, got {tune[key]!r}")
+    if tune["min_lr"] >= tune["max_lr"]:
+        raise RecipeError(f"tune.min_lr ({tune['min_lr']}) must be below tune.max_lr ({tune['max_lr']})")
+    steps = tune["num_training"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 20:
+        raise RecipeError(f"tune.num_training must be a whole number ≥ 20 (steps of the range test), got {steps!r}")
+
+
+def find_learning_rate(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    trainer_options: dict,
+    strategy: dict,
+    tune: dict,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Run the range test with the run's own module and data; write and return the suggestion."""
+    check_tune_settings(tune)
+    head_lr, backbone_lr = strategy["head_lr"], strategy["backbone_lr"]
+    finder = GroupRatioLRFinder(
+        head_lr, min_lr=tune["min_lr"], max_lr=tune["max_lr"], num_training_steps=tune["num_training"]
+    )
+    options = {
+        **trainer_options,
+        # Enough epochs for the range test's steps on any data size; validation is of no use to it.
+        "max_epochs": 1_000_000,
+        "max_steps": -1,
+        "check_val_every_n_epoch": 1_000_000,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        "logger": False,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = L.Trainer(default_root_dir=str(run_dir), callbacks=[finder], **options)
+    trainer.fit(module, datamodule=datamodule)
+    suggestion = finder.optimal_lr.suggestion()
+    if suggestion is None or not math.isfinite(suggestion):
+        raise RecipeError(
+            f"the LR range test ended with too few finite losses to suggest a rate ({len(finder.optimal_lr.results['loss'])} steps): "
+            "raise tune.num_training or tune.max_lr down, or use more training images"
+        )
+    suggested = {"head_lr": suggestion, "backbone_lr": suggestion * backbone_lr / head_lr}
+    found = {
+        "suggestion": suggested,
+        "override": f"strategy.head_lr={suggested['head_lr']:.3g} strategy.backbone_lr={suggested['backbone_lr']:.3g}",
+        "configured": {"head_lr": head_lr, "backbone_lr": backbone_lr},
+        "swept": "head_lr; every parameter group kept at its configured ratio to it",
+        "min_lr": tune["min_lr"],
+        "max_lr": tune["max_lr"],
+        "steps": len(finder.optimal_lr.results["lr"]),
+        "lr": [float(v) for v in finder.optimal_lr.results["lr"]],
+        "loss": [float(v) for v in finder.optimal_lr.results["loss"]],
+    }
+    (run_dir / LR_FIND_FILE).write_text(json.dumps(found, indent=2))
+    figure = finder.optimal_lr.plot(suggest=True)
+    figure.axes[0].set_xlabel("head learning rate (other groups at their configured ratio)")
+    figure.savefig(run_dir / LR_FIND_PLOT, dpi=100)
+    plt.close(figure)
+    return found
+
+
+def summary_line(found: dict, run_dir: Path) -> str:
+    return (
+        f"LR range test: suggested head_lr {found['suggestion']['head_lr']:.3g} "
+        f"(configured {found['configured']['head_lr']:g}); train with:\n  {found['override']}\n"
+        f"curve and numbers: {run_dir / LR_FIND_PLOT}, {run_dir / LR_FIND_FILE}"
+    )
