@@ -68,7 +68,9 @@ def ema_callback(decay: Any) -> EvaluatedEMA | None:
     if decay is None:
         return None
     if not is_number(decay) or not 0.0 < decay < 1.0:
-        raise RecipeError(f"optim.ema must be null (off) or a decay between 0 and 1, got {decay!r}: e.g. optim.ema=0.999")
+        raise RecipeError(
+            f"optim.ema must be null (off) or a decay between 0 and 1, got {decay!r}: e.g. optim.ema=0.999"
+        )
     return EvaluatedEMA(decay=float(decay))
 
 

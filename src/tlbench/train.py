@@ -189,6 +189,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("resuming from %s", resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    # Read before testing: trainer.test(ckpt_path=best) reloads callback states as they were at the best epoch.
+    stopping = trainer.early_stopping_callback
+    trained = {
+        "epochs_trained": trainer.current_epoch,
+        "stopped_early": bool(stopping and stopping.stopped_epoch),
+    }
 
     best = checkpoint.best_model_path or None
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
@@ -219,9 +225,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **module.parameter_counts(),
         "trainable_stages": module.trainable_stages,
         "bad_images": sorted(datamodule.bad_images),
-        "epochs_trained": trainer.current_epoch,
-        "stopped_early": trainer.early_stopping_callback is not None
-        and trainer.early_stopping_callback.stopped_epoch > 0,
+        **trained,
         "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
         "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "precision": str(trainer.precision),
@@ -258,9 +262,7 @@ def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for key in ("monitor", "early_stopping_patience"):
         options.pop(key, None)
     options["precision"] = resolve_precision(options.get("precision"))
-    return tune.find_learning_rate(
-        module, datamodule, options, plain(cfg.strategy), plain(cfg.tune), run_dir
-    )
+    return tune.find_learning_rate(module, datamodule, options, plain(cfg.strategy), plain(cfg.tune), run_dir)
 
 
 def summary_line(results: dict) -> str:

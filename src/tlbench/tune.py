@@ -76,7 +76,9 @@ def check_tune_settings(tune: dict) -> None:
         raise RecipeError(f"tune.min_lr ({tune['min_lr']}) must be below tune.max_lr ({tune['max_lr']})")
     steps = tune["num_training"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 20:
-        raise RecipeError(f"tune.num_training must be a whole number ≥ 20 (steps of the range test), got {steps!r}")
+        raise RecipeError(
+            f"tune.num_training must be a whole number ≥ 20 (steps of the range test), got {steps!r}"
+        )
 
 
 def find_learning_rate(
@@ -91,7 +93,11 @@ def find_learning_rate(
     check_tune_settings(tune)
     head_lr, backbone_lr = strategy["head_lr"], strategy["backbone_lr"]
     finder = GroupRatioLRFinder(
-        head_lr, min_lr=tune["min_lr"], max_lr=tune["max_lr"], num_training_steps=tune["num_training"]
+        head_lr,
+        min_lr=tune["min_lr"],
+        max_lr=tune["max_lr"],
+        num_training_steps=tune["num_training"],
+        update_attr=False,  # the suggestion is reported, never applied behind the user's back
     )
     options = {
         **trainer_options,
