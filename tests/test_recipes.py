@@ -213,3 +213,11 @@ def test_lr_find_sweeps_the_head_rate_with_the_backbone_at_its_ratio(generated, 
 def test_lr_find_settings_are_checked(generated, tmp_path):
     with pytest.raises(ValueError, match=r"tune\.num_training must be a whole number ≥ 20"):
         find_lr(compose_config(quick(generated, "tune.num_training=5")), tmp_path / "run")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, auto keeps the memory pipeline")
+def test_auto_streams_a_policy_on_a_cpu(generated, tmp_path):
+    for augment, pipeline in (("crop_flip", "memory"), ("randaugment", "streaming")):
+        datamodule = build_datamodule(compose_config(quick(generated, f"data.augment={augment}")), tmp_path)
+        datamodule.setup()
+        assert datamodule.pipeline.name == pipeline

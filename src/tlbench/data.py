@@ -199,12 +199,18 @@ class ImageDataModule(L.LightningDataModule):
         self.save_record("folds.json", pool, folds=self.folds, fold=self.fold, fold_of_item=assignment)
 
     def choose_pipeline(self, data: SourceData) -> StreamingPipeline | MemoryPipeline:
-        """`auto`: memory when the decoded splits fit under data.memory_max_gb, else streaming."""
+        """`auto`: memory when the decoded splits fit under data.memory_max_gb, else streaming; streaming
+        too for an augmentation policy without a GPU."""
         if self.pipeline_choice == "streaming":
             return StreamingPipeline(self.settings)
         memory = MemoryPipeline(self.settings)
         if self.pipeline_choice == "memory":
             return memory
+        if self.augment != "crop_flip" and not torch.cuda.is_available():
+            # The memory path runs a policy image by image on uint8 tensors in the training process; on a
+            # CPU, torchvision's PIL path in loader workers is ~4x faster (benchmarks/AUGMENT_SPEED.md).
+            log.info("data.pipeline=auto: data.augment=%s on a CPU runs faster streaming", self.augment)
+            return StreamingPipeline(self.settings)
         size = memory.size_gb(data, memory.plans(data))
         if size <= self.settings.memory_max_gb:
             return memory

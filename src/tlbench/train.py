@@ -189,7 +189,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("resuming from %s", resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    # Read before testing: trainer.test(ckpt_path=best) reloads callback states as they were at the best epoch.
+    # Read before testing: trainer.test(ckpt_path=best) reloads callback states as of the best epoch.
     stopping = trainer.early_stopping_callback
     trained = {
         "epochs_trained": trainer.current_epoch,

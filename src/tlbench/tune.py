@@ -91,6 +91,8 @@ def find_learning_rate(
 ) -> dict[str, Any]:
     """Run the range test with the run's own module and data; write and return the suggestion."""
     check_tune_settings(tune)
+    if trainer_options.get("fast_dev_run"):
+        raise RecipeError("tune.lr_find=true needs real steps: leave trainer.fast_dev_run=false")
     head_lr, backbone_lr = strategy["head_lr"], strategy["backbone_lr"]
     finder = GroupRatioLRFinder(
         head_lr,
@@ -112,23 +114,24 @@ def find_learning_rate(
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = L.Trainer(default_root_dir=str(run_dir), callbacks=[finder], **options)
     trainer.fit(module, datamodule=datamodule)
+    results = finder.optimal_lr.results
     suggestion = finder.optimal_lr.suggestion()
     if suggestion is None or not math.isfinite(suggestion):
         raise RecipeError(
-            f"the LR range test ended with too few finite losses to suggest a rate ({len(finder.optimal_lr.results['loss'])} steps): "
-            "raise tune.num_training or tune.max_lr down, or use more training images"
+            f"the LR range test ended with too few finite losses to suggest a rate ({len(results['loss'])} "
+            "steps): raise tune.num_training, lower tune.max_lr, or use more training images"
         )
-    suggested = {"head_lr": suggestion, "backbone_lr": suggestion * backbone_lr / head_lr}
+    head, backbone = suggestion, suggestion * backbone_lr / head_lr
     found = {
-        "suggestion": suggested,
-        "override": f"strategy.head_lr={suggested['head_lr']:.3g} strategy.backbone_lr={suggested['backbone_lr']:.3g}",
+        "suggestion": {"head_lr": head, "backbone_lr": backbone},
+        "override": f"strategy.head_lr={head:.3g} strategy.backbone_lr={backbone:.3g}",
         "configured": {"head_lr": head_lr, "backbone_lr": backbone_lr},
         "swept": "head_lr; every parameter group kept at its configured ratio to it",
         "min_lr": tune["min_lr"],
         "max_lr": tune["max_lr"],
-        "steps": len(finder.optimal_lr.results["lr"]),
-        "lr": [float(v) for v in finder.optimal_lr.results["lr"]],
-        "loss": [float(v) for v in finder.optimal_lr.results["loss"]],
+        "steps": len(results["lr"]),
+        "lr": [float(v) for v in results["lr"]],
+        "loss": [float(v) for v in results["loss"]],
     }
     (run_dir / LR_FIND_FILE).write_text(json.dumps(found, indent=2))
     figure = finder.optimal_lr.plot(suggest=True)
