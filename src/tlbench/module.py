@@ -242,8 +242,8 @@ class TransferModule(L.LightningModule):
         x = self.prepare_images(images)
         logits = self.graphed(x) if self.graphed is not None else self(x)
         loss = self.training_loss(logits, targets)
-        # A blended image is scored against the class with the larger share of it: train/acc then says how
-        # often the network names the dominant image, never more than it can see.
+        # A blended image (mixup / cutmix) counts as the class with the larger share of it: accuracy needs
+        # one class per image, and that is the one most of the image shows.
         self.train_acc(logits, targets.argmax(dim=1) if targets.ndim == 2 else targets)
         # On a GPU a per-step value in the progress bar is a host sync every step: epoch means only there.
         cpu = self.device.type == "cpu"
