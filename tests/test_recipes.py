@@ -153,9 +153,10 @@ def test_a_resumed_run_keeps_averaging_where_it_stopped(generated, tmp_path, mon
     assert int(last["averaging_state"]["n_averaged"]) == 2 * steps_per_epoch
 
 
-def test_a_bad_ema_decay_is_named(generated, tmp_path):
+def test_a_bad_ema_decay_is_named_before_any_data_is_read(tmp_path):
+    cfg = compose_config(quick(tmp_path / "no-such-folder", "optim.ema=1.5"))
     with pytest.raises(ValueError, match=r"optim\.ema must be null \(off\) or a decay between 0 and 1"):
-        train(compose_config(quick(generated, "optim.ema=1.5")), tmp_path / "run")
+        train(cfg, tmp_path / "run")
 
 
 # ------------------------------------------------------------------------------------------ early stopping

@@ -17,6 +17,8 @@ from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.transforms import v2 as T
 
+from tlbench.pipelines import augment_policy
+
 
 class RecipeError(ValueError):
     """A recipe value that cannot run; the message names the key and what to do."""
@@ -86,3 +88,12 @@ def early_stopping(monitor: str, mode: str, patience: Any) -> EarlyStopping | No
             f"got {patience!r}: e.g. trainer.early_stopping_patience=3"
         )
     return EarlyStopping(monitor=monitor, mode=mode, patience=patience)
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def check_recipes(cfg: Any) -> None:
+    """Every recipe value of a composed config, checked before any data is read (cheap)."""
+    augment_policy(cfg.data.get("augment", "crop_flip"))
+    batch_mixing(cfg.optim.get("mixup", 0.0), cfg.optim.get("cutmix", 0.0), num_classes=2)
+    ema_callback(cfg.optim.get("ema"))
+    early_stopping(cfg.trainer.monitor, "max", cfg.trainer.get("early_stopping_patience"))

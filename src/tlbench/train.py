@@ -33,7 +33,7 @@ from tlbench.data import ImageDataModule
 from tlbench.figures import RunFigureRecorder, write_run_figures
 from tlbench.module import TransferModule
 from tlbench.predictions import write_predictions
-from tlbench.recipes import early_stopping, ema_callback
+from tlbench.recipes import check_recipes, early_stopping, ema_callback
 from tlbench.results import (
     RESULTS_FILE,
     RunCost,
@@ -159,6 +159,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
     started = time.perf_counter()
     check_config(cfg)
+    check_recipes(cfg)
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
@@ -252,6 +253,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """tune.lr_find=true: the LR range test on this run's data, module and trainer settings (tune.py)."""
     check_config(cfg)
+    check_recipes(cfg)
+    tune.check_tune_settings(plain(cfg.tune))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
     datamodule.setup()
