@@ -222,3 +222,11 @@ def test_auto_streams_a_policy_on_a_cpu(generated, tmp_path):
         datamodule = build_datamodule(compose_config(quick(generated, f"data.augment={augment}")), tmp_path)
         datamodule.setup()
         assert datamodule.pipeline.name == pipeline
+
+
+def test_lr_find_must_be_true_or_false():
+    from tlbench.tune import lr_find_requested
+
+    assert lr_find_requested({"lr_find": False}) is False
+    with pytest.raises(ValueError, match=r"tune\.lr_find must be true or false, got 'yes'"):
+        lr_find_requested({"lr_find": "yes"})
