@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench import sweep
 from tlbench.backbones import get_preset
-from tlbench.checks import check_config
+from tlbench.checks import check_against_data, check_config
 from tlbench.data import ImageDataModule
 from tlbench.figures import RunFigureRecorder, write_run_figures
 from tlbench.module import TransferModule
@@ -159,6 +159,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
     datamodule.setup()
+    check_against_data(cfg, datamodule.num_classes)  # positive_class, monitor: once the classes are known
     sizes = datamodule.split_sizes()
     log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
 
