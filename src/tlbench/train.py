@@ -290,11 +290,11 @@ def main(cfg: DictConfig) -> float | None:
     if done is not None:
         log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
         return done.get("best_val")
-    if cfg.force:
-        check_config(cfg)  # a mistyped value must not cost the folder's previous run
-        sweep.start_over(run_dir)
     sweep.clear_failure(run_dir)
     try:
+        if cfg.force:
+            check_config(cfg)  # a mistyped value must not cost the folder's previous run
+            sweep.start_over(run_dir)
         problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
         if problem:
             raise ValueError(problem)
