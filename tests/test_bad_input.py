@@ -373,7 +373,8 @@ IMAGE_KINDS = {
     "la_png": (save(Image.new("LA", (40, 32), (90, 128)), "la.png"), True),
     "one_bit_png": (save(Image.fromarray(gradient > 0.5), "bits.png"), True),
     "i16_png": (save(Image.fromarray((gradient * 65535).astype(np.uint16)), "deep16.png"), True),
-    "i32_png": (save(Image.fromarray((gradient * 65535).astype(np.int32)), "deep32.png"), True),
+    # PNG stops at 16 bits: 32-bit integer scans come as TIFF.
+    "i32_tiff": (save(Image.fromarray((gradient * 2**20).astype(np.int32)), "deep32.tif"), True),
     "cmyk_jpeg": (raw(jpeg_bytes("CMYK"), "cmyk.jpg"), True),
     "float_tiff": (save(Image.fromarray(gradient.astype(np.float32)), "float.tif"), True),
     "one_pixel": (save(Image.new("RGB", (1, 1), (200, 40, 40)), "dot.png"), True),

@@ -233,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     if cams:
         print(f"Grad-CAM overlays: {len(cams)} in {args.cam}/")
     if failed:
+        named = ", ".join(sorted(failed)[:3]) + (", …" if len(failed) > 3 else "")
         print(
-            f"error: {len(failed)} of {len(images)} images could not be read (listed above)", file=sys.stderr
+            f"error: {len(failed)} of {len(images)} images could not be read ({named}); their lines say why",
+            file=sys.stderr,
         )
         return 1
     return 0
