@@ -82,7 +82,9 @@ def check_data(data: DictConfig) -> None:
             raise ConfigError("data=imagefolder needs data.root=<folder of class folders (or train/ val/)>")
         root = Path(str(data.root)).expanduser()
         if not root.is_dir():
-            raise ConfigError(f"data.root={data.root} is not a folder; point data.root at your images")
+            raise ConfigError(
+                f"data.root={data.root} does not exist (or is not a folder); point it at your images"
+            )
     check_name("data.in_chans", data.in_chans, (1, 3), hint="1 (grayscale) or 3 (RGB)")
     for key in ("per_class", "val_per_class"):
         check_int(f"data.{key}", data[key], minimum=1, optional=True)
