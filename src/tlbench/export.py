@@ -40,6 +40,8 @@ def load_checkpoint(path: str | Path) -> TransferModule:
         module = TransferModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated zip, pickle, missing keys: all mean "not a checkpoint"
         detail = (str(error).strip().splitlines() or [""])[0][:200]
+        if isinstance(error, KeyError):  # a file torch reads, without what Lightning saves beside the weights
+            detail = f"no {detail}: a plain state dict, or another program's checkpoint"
         raise ValueError(
             f"{path} is not a readable tlbench checkpoint ({type(error).__name__}: {detail}); "
             "give the complete .ckpt a tlbench run writes in <run>/checkpoints/ (best.ckpt or last.ckpt)"
