@@ -6,6 +6,7 @@ from PIL import Image
 
 from conftest import save_untrained_checkpoint, shared_data, write_images
 from tlbench.backbones import Preset
+from tlbench.images import read_image
 from tlbench.predict import load_model, load_zero_shot, main, predict
 
 
@@ -76,3 +77,66 @@ def test_zero_shot_cli_needs_no_checkpoint_and_explains_with_cam(tmp_path, capsy
         assert png.size == (224, 224)
     assert main(["--backbone", "efficientnet_lite0", str(bee), "--weights", "null"]) == 1
     assert "needs pretrained weights" in capsys.readouterr().err
+
+
+def write_tiny_images(folder, count: int) -> list:
+    """`count` 12×10 PNGs of varied grey: quick to write and to decode."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img_{i:04d}.png"
+        Image.new("L", (12, 10), i % 256).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_a_big_folder_with_one_corrupt_file_is_predicted_and_the_file_reported(checkpoint, tmp_path, capsys):
+    paths = write_tiny_images(tmp_path / "photos", 300)
+    corrupt = tmp_path / "photos" / "img_0150_broken.png"
+    corrupt.write_bytes(paths[0].read_bytes()[:40])
+    assert main([str(checkpoint), str(tmp_path / "photos"), "--batch-size", "64", "--workers", "0"]) == 1
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 301
+    assert [line.split(": ")[0] for line in lines] == sorted(map(str, [*paths, corrupt]))  # in folder order
+    (bad,) = [line for line in lines if "%" not in line]
+    assert bad.startswith(f"{corrupt}: unreadable (") and "Error" in bad
+    assert "1 of 301 images could not be read" in err
+
+
+def test_images_are_decoded_batch_by_batch_not_all_at_once(checkpoint, tmp_path, monkeypatch, capsys):
+    """However many files: never more than one batch decoded and not yet through the network, Grad-CAM
+    included. Counted on the reader and on the network's inputs."""
+    import tlbench.predict as predict_module
+
+    write_tiny_images(tmp_path / "photos", 20)
+    waiting, worst = [0], [0]
+
+    def counting_read(path, in_chans=3):
+        waiting[0] += 1
+        worst[0] = max(worst[0], waiting[0])
+        return read_image(path, in_chans)
+
+    def counting_load(path, device="cpu"):
+        model = load_model(path, device)
+        model.net.register_forward_pre_hook(lambda _, args: waiting.__setitem__(0, waiting[0] - len(args[0])))
+        return model
+
+    monkeypatch.setattr(predict_module, "read_image", counting_read)
+    monkeypatch.setattr(predict_module, "load_model", counting_load)
+    argv = [str(checkpoint), str(tmp_path / "photos"), "--batch-size", "4", "--workers", "0"]
+    assert main([*argv, "--cam", str(tmp_path / "cam")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 21  # 20 images, one CAM line
+    assert worst[0] <= 4
+
+
+def test_predict_each_yields_rows_before_the_folder_is_read(checkpoint, tmp_path, monkeypatch):
+    import tlbench.predict as predict_module
+
+    paths = write_tiny_images(tmp_path / "photos", 50)
+    reads = []
+    monkeypatch.setattr(predict_module, "read_image", lambda p, c=3: reads.append(p) or read_image(p, c))
+    rows = predict_module.predict_each(load_model(checkpoint), paths, batch_size=8)
+    first = next(rows)
+    assert first.path == str(paths[0]) and first.error is None and len(reads) == 8
+    assert len(list(rows)) == 49

@@ -462,38 +462,50 @@ def _load_checkpoint(model: nn.Module, path: str | os.PathLike, classifier_names
     """Load a state dict of the original architecture; its classifier is replaced anyway, so may differ."""
     state = _read_checkpoint(path)
     own = model.state_dict()
-    stale = [
-        key
-        for key, value in state.items()
-        if _is_under_any(key, classifier_names) and key in own and own[key].shape != value.shape
-    ]
+    reshaped = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
+    stale = [key for key in reshaped if _is_under_any(key, classifier_names)]
     if stale:
         warnings.warn(
             f"backbone.checkpoint={path}: ignoring {stale} (a classifier for another number of classes; "
             "a new head replaces it anyway)",
             stacklevel=3,
         )
-    missing, unexpected = model.load_state_dict(
-        {key: value for key, value in state.items() if key not in stale}, strict=False
-    )
-    missing = [key for key in missing if not _is_under_any(key, classifier_names)]
-    if missing or unexpected:
+    missing = [key for key in own if key not in state and not _is_under_any(key, classifier_names)]
+    unexpected = [key for key in state if key not in own]
+    wrong_shape = [key for key in reshaped if key not in stale]
+    if missing or unexpected or wrong_shape:
         raise ValueError(
-            f"backbone.checkpoint={path} does not fit {type(model).__name__}: "
-            f"missing keys {missing[:10]}, unexpected keys {unexpected[:10]}"
+            f"backbone.checkpoint={path} does not fit {type(model).__name__} ({len(missing)} of its "
+            f"{len(own)} tensors missing, {len(unexpected)} unexpected, {len(wrong_shape)} of another shape; "
+            f"e.g. {(missing + unexpected + wrong_shape)[0]}): give a state dict of the backbone.name "
+            "architecture, or set backbone.name to the one the file was saved from"
         )
+    model.load_state_dict({key: value for key, value in state.items() if key not in stale}, strict=False)
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The file's state dict; any file that is not one (cut short, text, empty, a folder) → one line."""
+    if Path(path).is_dir():
+        raise ValueError(f"backbone.checkpoint={path} is a folder; give the weights file in it")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"backbone.checkpoint={path}: no such file")
-    if Path(path).suffix == ".safetensors":  # what the Hugging Face hub serves for timm models
-        return safetensors.torch.load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"backbone.checkpoint={path}: no such file; check the path")
+    try:
+        if Path(path).suffix == ".safetensors":  # what the Hugging Face hub serves for timm models
+            return safetensors.torch.load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated zip, text, pickle of objects: all "not weights"
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"backbone.checkpoint={path} is not a readable weights file ({type(error).__name__}: {reason}); "
+            "give a complete .pth/.pt state dict (torch.save(model.state_dict(), path)) or .safetensors file"
+        ) from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"backbone.checkpoint={path} holds a {type(state).__name__}, not a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"backbone.checkpoint={path} holds a {type(state).__name__}, not a state dict of tensors; "
+            "save it with torch.save(model.state_dict(), path)"
+        )
     return state
 
 

@@ -226,6 +226,12 @@ class ImageDataModule(L.LightningDataModule):
         if not self.bad_images:
             return
         listing = "\n".join(f"  {path}: {reason}" for path, reason in sorted(self.bad_images.items()))
+        if self.on_bad_image == "error" and len(self.bad_images) == 1:
+            ((path, reason),) = self.bad_images.items()
+            raise DataError(
+                f"unreadable image {path} ({reason}); remove or replace it, or set data.on_bad_image=skip "
+                "to train without it"
+            )
         if self.on_bad_image == "error":
             raise DataError(
                 f"{len(self.bad_images)} unreadable image(s):\n{listing}\n"

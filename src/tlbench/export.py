@@ -27,17 +27,24 @@ _ONNX_INSTALL_HINT = "pip install onnx (or pip install 'tlbench[export]')"
 
 
 def load_checkpoint(path: str | Path) -> TransferModule:
-    """The checkpoint's module on the CPU, in eval mode; a one-line error when the file cannot be one."""
+    """The checkpoint's module on the CPU, in eval mode; a one-line error naming the file when it cannot
+    be one (missing, a folder, empty, cut short, text, a plain state dict, weights of another network)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder; give the checkpoint file, e.g. {path / 'checkpoints' / 'best.ckpt'}"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; runs keep theirs in <run>/checkpoints/")
     try:
         module = TransferModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated zip, pickle, missing keys: all mean "not a checkpoint"
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        if isinstance(error, KeyError):  # a file torch reads, without what Lightning saves beside the weights
+            detail = f"no {detail}: a plain state dict, or another program's checkpoint"
         raise ValueError(
             f"{path} is not a readable tlbench checkpoint ({type(error).__name__}: {detail}); "
-            "expected a complete .ckpt written by a tlbench run"
+            "give the complete .ckpt a tlbench run writes in <run>/checkpoints/ (best.ckpt or last.ckpt)"
         ) from error
     return module.eval()
 

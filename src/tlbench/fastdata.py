@@ -25,14 +25,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tlbench.images import BadImageError, read_image
+from tlbench.images import BadImageError, read_image, shown_size
 
 _PIL_INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-_CACHE_FORMAT = 2
+# 3: images are stored upright (EXIF orientation applied); caches of format 2 hold them as stored.
+_CACHE_FORMAT = 3
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +52,8 @@ def resize_center_crop(im: Image.Image, resize_size: int, crop_size: int, interp
 
 
 def image_sizes(paths: Sequence[str | Path]) -> set[tuple[int, int]]:
-    """The distinct (width, height) of the images in a file list, read from headers (no pixels decoded).
+    """The distinct (width, height) of the images in a file list as a viewer shows them (EXIF orientation
+    applied), read from headers (no pixels decoded).
 
     A file whose header cannot be read is left out here; decoding it reports it as a bad image.
     """
@@ -59,7 +61,7 @@ def image_sizes(paths: Sequence[str | Path]) -> set[tuple[int, int]]:
     for path in paths:
         try:
             with Image.open(path) as im:
-                sizes.add(im.size)
+                sizes.add(shown_size(im))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue
     return sizes

@@ -2,7 +2,8 @@
 
 Real datasets mix palette GIFs, RGBA PNGs, CMYK JPEGs and 16-bit scans; `Normalize` then fails on the
 wrong channel count (the seed README's RGBA bug). Every image goes through `read_image` so the rest of
-the pipeline only ever sees 8-bit "RGB" (3 channels) or "L" (1 channel).
+the pipeline only ever sees 8-bit "RGB" (3 channels) or "L" (1 channel), turned the way an image viewer
+shows it (a phone photo's EXIF orientation applied).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 # A truncated JPEG must be reported as bad, not silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
+# EXIF orientations (5-8) whose pixels are stored transposed: width and height swap when shown.
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ORIENTATION = 0x0112
 
 
 class BadImageError(RuntimeError):
@@ -57,13 +61,29 @@ def convert_mode(image: Image.Image, in_chans: int) -> Image.Image:
 
 
 def read_image(path: str | Path, in_chans: int = 3) -> Image.Image:
-    """Decode `path` fully (so truncation shows up here, not in a worker) and convert its mode."""
+    """Decode `path` fully (so truncation shows up here, not in a worker), turn it upright as its EXIF
+    orientation says (cameras store pixels as the sensor saw them; viewers rotate), convert its mode."""
     try:
         with Image.open(path) as image:
             image.load()
-            return convert_mode(image, in_chans)
+            return convert_mode(upright(image), in_chans)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise BadImageError(f"{path}: {error.__class__.__name__}: {error}") from error
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; untouched (no copy) when it says nothing."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as a viewer shows the image, from its header alone (no pixels decoded)."""
+    width, height = image.size
+    if image.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+        return height, width
+    return width, height
 
 
 def check_image(path: str | Path) -> str | None:

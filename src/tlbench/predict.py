@@ -3,21 +3,31 @@ zero-shot, with a pretrained backbone's own ImageNet classes; `--cam` also write
 
 python -m tlbench.predict outputs/runs/<run>/checkpoints/best.ckpt photo1.jpg photo2.png --top-k 3
 python -m tlbench.predict --backbone efficientnet_lite0 photo1.jpg photos/      # ImageNet names, no training
-python -m tlbench.predict outputs/runs/<run>/checkpoints/best.ckpt photo1.jpg --cam cam/
+python -m tlbench.predict outputs/runs/<run>/checkpoints/best.ckpt photos/ --batch-size 64 > predictions.txt
+
+A folder of any size is read and predicted batch by batch (bounded memory, a progress bar on stderr), one
+line per image as it goes; an unreadable image gets a line saying why, the others are still predicted, and
+the exit status is 1 when any image (or the checkpoint) could not be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from tlbench.backbones import WeightsUnavailableError, build_imagenet_classifier
+from tlbench.backbones import Preset, WeightsUnavailableError, build_imagenet_classifier
 from tlbench.data import eval_transform
+from tlbench.export import load_checkpoint
 from tlbench.images import BadImageError, read_image
 from tlbench.module import TransferModule
 from tlbench.sources import IMAGE_EXTENSIONS
@@ -37,15 +47,47 @@ class ImageNetClassifier(nn.Module):
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> TransferModule:
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} not found; runs keep theirs in <run>/checkpoints/")
-    model = TransferModule.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
-    return model.eval()
+    """A trained checkpoint in eval mode; one line naming the file when it cannot be loaded."""
+    return load_checkpoint(checkpoint).to(device)
 
 
 def load_zero_shot(backbone: str, weights: str | None = "DEFAULT", device: str = "cpu") -> ImageNetClassifier:
     """A pretrained backbone as published (offline: `efficientnet_lite0`), predicting ImageNet classes."""
     return ImageNetClassifier(backbone, weights).to(device).eval()
+
+
+class ImageFiles(Dataset):
+    """Image files as the model takes them (read, resized, centre-cropped, normalised by its preset); an
+    unreadable file becomes its reason instead of an image, so one bad file does not stop the others."""
+
+    def __init__(self, paths: list[str | Path], preset: Preset):
+        self.paths, self.transform, self.in_chans = list(paths), eval_transform(preset), len(preset.mean)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor | str:
+        try:
+            return self.transform(read_image(self.paths[index], self.in_chans))
+        except BadImageError as error:
+            cause = error.__cause__ or error
+            return f"{type(cause).__name__}: {cause}"
+
+
+def keep_reasons(batch: list[torch.Tensor | str]) -> tuple[torch.Tensor | None, list[torch.Tensor | str]]:
+    """DataLoader collate: the readable images stacked, and the batch as it came (reasons in place)."""
+    images = [item for item in batch if isinstance(item, torch.Tensor)]
+    return (torch.stack(images) if images else None), batch
+
+
+def image_batches(
+    paths: list[str | Path], preset: Preset, batch_size: int = 32, num_workers: int = 0
+) -> DataLoader:
+    """Batches decoded as they are needed: at most `batch_size` × (1 + prefetching workers) images are in
+    memory at once, however many files there are."""
+    return DataLoader(
+        ImageFiles(paths, preset), batch_size=batch_size, num_workers=num_workers, collate_fn=keep_reasons
+    )
 
 
 def load_images(model: nn.Module, paths: list[str | Path]) -> torch.Tensor:
@@ -55,22 +97,52 @@ def load_images(model: nn.Module, paths: list[str | Path]) -> torch.Tensor:
     return torch.stack([transform(read_image(p, in_chans)) for p in paths])
 
 
+@dataclass
+class Prediction:
+    """One image's outcome: its class probabilities, or why it could not be read."""
+
+    path: str
+    probabilities: torch.Tensor | None
+    error: str | None = None
+
+    def ranked(self, class_names: list[str], top_k: int) -> list[tuple[str, float]]:
+        """The `top_k` (class name, probability) pairs, most likely first."""
+        values, indices = self.probabilities.topk(min(top_k, len(self.probabilities)))
+        return [(class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+
 @torch.no_grad()
+def predict_each(
+    model: nn.Module, paths: list[str | Path], batch_size: int = 32, num_workers: int = 0
+) -> Iterator[Prediction]:
+    """One Prediction per path, in order, yielded batch by batch: a folder of any size is predicted in
+    bounded memory and can be written out as it goes."""
+    device = next(model.parameters()).device
+    paths = [str(p) for p in paths]
+    done = 0
+    for images, batch in image_batches(paths, model.preset, batch_size, num_workers):
+        probabilities = iter(
+            model(images.to(device)).float().softmax(dim=1).cpu() if images is not None else []
+        )
+        for item in batch:
+            if isinstance(item, str):
+                yield Prediction(paths[done], None, item)
+            else:
+                yield Prediction(paths[done], next(probabilities))
+            done += 1
+
+
 def predict(
     model: nn.Module, paths: list[str | Path], top_k: int = 3, batch_size: int = 32
 ) -> list[list[tuple[str, float]]]:
     """For each image: the `top_k` (class name, probability) pairs, most likely first. `model` is a
-    trained checkpoint (`load_model`) or a zero-shot ImageNet classifier (`load_zero_shot`)."""
-    device = next(model.parameters()).device
+    trained checkpoint (`load_model`) or a zero-shot ImageNet classifier (`load_zero_shot`). An unreadable
+    image raises BadImageError; `predict_each` reports it and goes on."""
     ranked = []
-    for start in range(0, len(paths), batch_size):
-        images = load_images(model, paths[start : start + batch_size])
-        probabilities = model(images.to(device)).float().softmax(dim=1)
-        values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-        ranked += [
-            [(model.class_names[i], float(v)) for v, i in zip(row_values, row_indices)]
-            for row_values, row_indices in zip(values.tolist(), indices.tolist())
-        ]
+    for prediction in predict_each(model, paths, batch_size):
+        if prediction.error is not None:
+            raise BadImageError(f"{prediction.path}: {prediction.error}")
+        ranked.append(prediction.ranked(model.class_names, top_k))
     return ranked
 
 
@@ -78,15 +150,19 @@ def write_cams(
     model: nn.Module, paths: list[str | Path], out_dir: str | Path, stage: str | None = None
 ) -> list[Path]:
     """Grad-CAM overlays for each image's predicted class, as `<out_dir>/<image name>_cam.png`; the target
-    layer is the end of the last convolutional stage, or of `stage` (a name from the backbone's stages)."""
+    layer is the end of the last convolutional stage, or of `stage` (a name from the backbone's stages).
+    One image at a time: Grad-CAM keeps activations and gradients of each."""
     from tlbench.cam import cam_overlay, grad_cam, target_layer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = load_images(model, paths).to(next(model.parameters()).device)
-    _, layer = target_layer(model.net, model.stages, images.shape[1:], stage)
+    device = next(model.parameters()).device
+    layer = None
     written = []
-    for path, image in zip(paths, images):
+    for path in paths:
+        image = load_images(model, [path])[0].to(device)
+        if layer is None:
+            _, layer = target_layer(model.net, model.stages, image.shape, stage)
         heat_map = grad_cam(model.net, image[None], layer)[0]
         target = out_dir / f"{Path(path).stem}_cam.png"
         Image.fromarray(cam_overlay(image.cpu(), heat_map, model.preset.mean, model.preset.std)).save(target)
@@ -129,27 +205,58 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument(
+        "--batch-size", type=int, default=32, help="images decoded and predicted at once (default: 32)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes that decode images"
+    )
+    parser.add_argument(
         "--cam", nargs="?", const="cam", metavar="DIR", help="write Grad-CAM overlays to DIR (default: cam/)"
     )
     parser.add_argument("--cam-stage", help="explain this stage's output (default: the last conv stage)")
     args = parser.parse_args(argv)
     if not args.backbone and len(args.inputs) < 2:
         parser.error("give a checkpoint and at least one image, or --backbone NAME and images")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         if args.backbone:
             model, images = load_zero_shot(args.backbone, args.weights), expand_folders(args.inputs)
         else:
             model, images = load_model(args.inputs[0]), expand_folders(args.inputs[1:])
-        results = predict(model, images, args.top_k)
-        cams = write_cams(model, images, args.cam, args.cam_stage) if args.cam else []
+        failed = print_predictions(model, images, args.top_k, args.batch_size, args.workers)
+        readable = [path for path in images if path not in failed]
+        cams = write_cams(model, readable, args.cam, args.cam_stage) if args.cam else []
     except (FileNotFoundError, BadImageError, ValueError, ImportError, WeightsUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    for path, ranked in zip(images, results):
-        print(f"{path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked))
     if cams:
         print(f"Grad-CAM overlays: {len(cams)} in {args.cam}/")
+    if failed:
+        named = ", ".join(sorted(failed)[:3]) + (", …" if len(failed) > 3 else "")
+        print(
+            f"error: {len(failed)} of {len(images)} images could not be read ({named}); their lines say why",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def print_predictions(
+    model: nn.Module, paths: list[str], top_k: int, batch_size: int, workers: int
+) -> set[str]:
+    """One line per image as it is predicted (`path: class p, …`, or `path: unreadable (why)`), under a
+    progress bar; returns the paths that could not be read."""
+    failed = set()
+    rows = predict_each(model, paths, batch_size, workers)
+    for prediction in tqdm(rows, total=len(paths), unit="image", file=sys.stderr, disable=None):
+        if prediction.error is not None:
+            failed.add(prediction.path)
+            tqdm.write(f"{prediction.path}: unreadable ({prediction.error})")
+        else:
+            ranked = prediction.ranked(model.class_names, top_k)
+            tqdm.write(f"{prediction.path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked))
+    return failed
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench import sweep, tune
 from tlbench.backbones import get_preset
-from tlbench.checks import check_config
+from tlbench.checks import check_against_data, check_config
 from tlbench.data import ImageDataModule
 from tlbench.figures import RunFigureRecorder, write_run_figures
 from tlbench.module import TransferModule
@@ -164,6 +164,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
     datamodule.setup()
+    check_against_data(cfg, datamodule.num_classes)  # positive_class, monitor: once the classes are known
     sizes = datamodule.split_sizes()
     log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
 
@@ -320,11 +321,11 @@ def main(cfg: DictConfig) -> float | None:
     if done is not None:
         log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
         return done.get("best_val")
-    if cfg.force:
-        check_config(cfg)  # a mistyped value must not cost the folder's previous run
-        sweep.start_over(run_dir)
     sweep.clear_failure(run_dir)
     try:
+        if cfg.force:
+            check_config(cfg)  # a mistyped value must not cost the folder's previous run
+            sweep.start_over(run_dir)
         problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
         if problem:
             raise ValueError(problem)
