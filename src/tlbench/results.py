@@ -16,9 +16,18 @@ from typing import Any
 import lightning as L
 import torch
 
+from tlbench.runs import RESULTS_FILE
 from tlbench.runtime import release_freed_memory
 
-RESULTS_FILE = "results.json"
+__all__ = [
+    "RESULTS_FILE",
+    "RunCost",
+    "device_name",
+    "peak_memory",
+    "read_results",
+    "versions",
+    "write_json_atomic",
+]
 VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
 
 
