@@ -169,16 +169,20 @@ def find_runs(root: str | Path) -> Found:
     return found
 
 
-def count_line(found: Found) -> str:
-    """`3 complete, 1 running, 1 interrupted, 0 failed, 2 missing`: the sweep's state in one line."""
-    counts = {
-        "complete": found.runs,
-        "running": found.running,
-        "interrupted": found.interrupted,
-        "failed": found.failed,
-        "missing": found.missing,
+def counts(found: Found) -> dict[str, int]:
+    """Run folders by state; running and interrupted only when there are some (most reports have none)."""
+    extra = {"interrupted": len(found.interrupted), "running": len(found.running)}
+    return {
+        "complete": len(found.runs),
+        "failed": len(found.failed),
+        "missing": len(found.missing),
+        **{k: v for k, v in extra.items() if v},
     }
-    return ", ".join(f"{len(v)} {k}" for k, v in counts.items())
+
+
+def count_line(found: Found) -> str:
+    """`3 complete, 0 failed, 2 missing, 1 interrupted`: the sweep's state in one line."""
+    return ", ".join(f"{n} {state}" for state, n in counts(found).items())
 
 
 def read_results(path: Path) -> tuple[dict | None, str]:
@@ -544,11 +548,11 @@ def write_summary_md(
     found: Found, groups: list[Group], verdicts: list[Verdict], path: Path, analysis: Analysis
 ) -> None:
     total = len(found.runs) + len(found.unfinished)
+    others = ", ".join(f"{n} {state}" for state, n in counts(found).items() if state != "complete")
     lines = [
         f"# Sweep report: {found.root}",
         "",
-        f"{len(found.runs)} of {total} runs complete, {len(found.running)} running, "
-        f"{len(found.interrupted)} interrupted, {len(found.failed)} failed, {len(found.missing)} missing.",
+        f"{len(found.runs)} of {total} runs complete, {others}.",
         "",
         "## Results",
         "",
@@ -648,13 +652,7 @@ def write_summary_json(
 ) -> None:
     payload = {
         "root": str(found.root),
-        "counts": {
-            "complete": len(found.runs),
-            "running": len(found.running),
-            "interrupted": len(found.interrupted),
-            "failed": len(found.failed),
-            "missing": len(found.missing),
-        },
+        "counts": counts(found),
         "std": "sample standard deviation over seeds (ddof=1); null when n=1",
         "groups": [
             {
