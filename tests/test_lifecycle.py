@@ -118,7 +118,10 @@ def csv_epochs(run_dir: Path, column: str = "val/acc") -> list[int]:
         return sorted(int(row["epoch"]) for row in csv.DictReader(handle) if row.get(column))
 
 
-def test_sigterm_saves_a_checkpoint_exits_143_and_the_same_command_continues(tmp_path):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_exits_128_plus_n_and_the_same_command_continues(
+    signum, status, tmp_path
+):
     images = make_image_folder(tmp_path / "images", per_split={"train": 24, "val": 4})
     run_dir = tmp_path / "run"
     args = [
@@ -131,11 +134,11 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_same_command_continues(tmp
     ]
     process = start(args, tmp_path)
     wait_for(run_dir / "checkpoints" / "last.ckpt", process)  # epoch 0 done: training is under way
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr[-3000:]
+    assert process.returncode == status, stderr[-3000:]
     record = (run_dir / "interrupted.txt").read_text()
-    assert "SIGTERM" in record and "last.ckpt" in record
+    assert signal.Signals(signum).name in record and "last.ckpt" in record
     assert not (run_dir / "results.json").exists()
     found = report.find_runs(run_dir)
     assert [p.path for p in found.interrupted] == [run_dir] and not found.missing and not found.failed

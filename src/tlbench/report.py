@@ -86,6 +86,11 @@ class Found:
     running: list[Problem] = field(default_factory=list)
 
     @property
+    def has_outcomes(self) -> bool:
+        """Whether any run got far enough to say how it went (missing folders say nothing)."""
+        return bool(self.runs or self.failed or self.interrupted or self.running)
+
+    @property
     def unfinished(self) -> list[Problem]:
         """Every run folder without complete results, in the order the report lists them."""
         return [*self.running, *self.interrupted, *self.failed, *self.missing]
@@ -878,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return 2
     found = find_runs(args.folder)
-    if not found.runs and not found.unfinished:
+    if not found.has_outcomes:
         print(
             f"error: no {RESULTS_FILE} or {ERROR_FILE} below {args.folder}. Point it at a sweep folder "
             "such as outputs/multirun/<sweep name>, or at outputs/ for every run.",

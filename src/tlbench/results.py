@@ -19,15 +19,6 @@ import torch
 from tlbench.runs import RESULTS_FILE
 from tlbench.runtime import release_freed_memory
 
-__all__ = [
-    "RESULTS_FILE",
-    "RunCost",
-    "device_name",
-    "peak_memory",
-    "read_results",
-    "versions",
-    "write_json_atomic",
-]
 VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
 
 

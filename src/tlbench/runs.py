@@ -260,7 +260,8 @@ class SignalGuard:
 
     While Lightning runs fit or test it puts its own SIGTERM handler in front of this one: it sets
     `trainer.received_sigterm`, and the loops raise SIGTERMException at the next batch boundary, where
-    the weights and the optimizer agree. This guard then only notes the signal and lets Lightning stop.
+    the weights and the optimizer agree. This guard then only notes the signal and lets Lightning stop
+    there — for Ctrl-C too, which it hands to Lightning as a SIGTERM. A second Ctrl-C stops at once.
     """
 
     HANDLED = (signal.SIGTERM, signal.SIGINT)
@@ -279,11 +280,13 @@ class SignalGuard:
             signal.signal(signum, handler)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
-        lightning_in_front = signal.getsignal(signal.SIGTERM) != self.handle
-        if signum == signal.SIGTERM and lightning_in_front:
-            return
-        raise RunInterrupted(signum)
+        again = self.received is not None
+        self.received = self.received or signum
+        in_front = signal.getsignal(signal.SIGTERM)
+        if in_front == self.handle or (again and signum == signal.SIGINT):
+            raise RunInterrupted(self.received)
+        if signum == signal.SIGINT and callable(in_front):
+            in_front(signal.SIGTERM, frame)  # Lightning's handler, which calls this one back: a no-op
 
 
 def checkpoint_position(path: str | Path) -> tuple[int, int] | None:

@@ -1,5 +1,6 @@
 """What a sweep needs beyond one run: stable run-folder names, one GPU per parallel job, failures kept in
-their run folder, the report written when the sweep ends, and plain words when a plugin is missing.
+their run folder, the report written when the sweep ends (or when a signal stops it), and plain words
+when a plugin is missing.
 
 Importing this module registers two config resolvers and the missing-plugin hints with Hydra, so
 `tlbench.train` imports it before `@hydra.main` composes anything:
@@ -17,9 +18,9 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
@@ -27,6 +28,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tlbench.runs import ERROR_FILE, INTERRUPTED_FILE
+
+if TYPE_CHECKING:
+    from tlbench import report
 
 log = logging.getLogger("tlbench")
 
@@ -184,14 +188,14 @@ def ddp_problem(
 
 class ReportOnMultirunEnd(Callback):
     """Hydra callback: when every job of a multirun has returned, write the report of the sweep folder, and
-    end the command with exit status 1 if a job failed or left no results, so scripts and CI notice.
+    end the command with exit status 1 if a job failed, was interrupted or left no results, so scripts and
+    CI notice. Jobs another process is running are reported as running, not as problems.
     (Hydra turns an exception raised in a callback into a warning; SystemExit gets through.)"""
 
     def __init__(self, fail_on_errors: bool = True) -> None:
         self.fail_on_errors = fail_on_errors
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-
         if os.environ.get("RANK", "0") != "0":  # under torchrun every rank runs the sweep; one reports
             return
         found = write_sweep_report(Path(config.hydra.sweep.dir))
@@ -215,7 +219,7 @@ class ReportOnMultirunEnd(Callback):
             raise SystemExit(1)
 
 
-def write_sweep_report(sweep_dir: Path, not_started: list[Path] = ()):  # -> report.Found
+def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> report.Found:
     """Write the report of a sweep folder and print its table; returns what report.find_runs found, with
     `not_started` job folders listed as missing."""
     from tlbench import report
@@ -227,8 +231,8 @@ def write_sweep_report(sweep_dir: Path, not_started: list[Path] = ()):  # -> rep
         for path in not_started
         if path not in seen
     ]
-    if not found.runs and not found.unfinished:
-        log.warning("no run folders under %s: nothing to report", sweep_dir)
+    if not found.has_outcomes:
+        log.warning("no results.json, error.txt or interrupted.txt under %s: nothing to report", sweep_dir)
         return found
     summary_md = report.write_report(found, sweep_dir)
     print(report.render_table(report.summarize(found.runs)))
