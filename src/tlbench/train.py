@@ -27,7 +27,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench import runs, sweep
@@ -137,9 +136,11 @@ class CheckpointOnInterrupt(OnExceptionCheckpoint):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        stopped = isinstance(exception, SIGTERMException | runs.RunInterrupted | KeyboardInterrupt)
-        if stopped and trainer.state.fn == "fit":
-            log.warning("saving %s before stopping (%s)", self.ckpt_path, type(exception).__name__)
+        # received_sigterm too: SLURM and a terminal signal the data-loader workers as well, and a dead
+        # worker can end the fit with its own error before the loop reaches its SIGTERM check.
+        signalled = trainer.received_sigterm or isinstance(exception, runs.RunInterrupted | KeyboardInterrupt)
+        if signalled and trainer.state.fn == "fit":
+            log.warning("saving %s before stopping", self.ckpt_path)
             super().on_exception(trainer)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
