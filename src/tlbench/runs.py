@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -271,8 +272,9 @@ class SignalGuard:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SignalGuard:
-        for signum in self.HANDLED:
-            self._previous[signum] = signal.signal(signum, self.handle)
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for signum in self.HANDLED:
+                self._previous[signum] = signal.signal(signum, self.handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
