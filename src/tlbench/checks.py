@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig
 
 from tlbench.backbones import IN_CHANS_MODES, get_preset
 from tlbench.pipelines import PIPELINES
+from tlbench.recipes import check_recipes
 from tlbench.sources import SOURCES, DataError, check_folds
 from tlbench.steps import CUDA_GRAPH_CHOICES
 from tlbench.strategies import BN_POLICIES, STRATEGIES
@@ -50,6 +51,7 @@ def check_config(cfg: DictConfig) -> None:
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     check_name("logger.name", cfg.logger.name, logger_names())
+    check_recipes(cfg)  # augmentation policy, mixup/cutmix, EMA, early stopping
 
 
 def check_against_data(cfg: DictConfig, num_classes: int) -> None:

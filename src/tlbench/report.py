@@ -10,8 +10,9 @@ Reads every results.json below a folder and writes, into that folder:
     pareto.png                   accuracy against wall time, train images/s, trainable params, peak memory
     reliability_<backbone>.png   reliability diagram per strategy, from the runs' predictions.csv
 
-A run folder with error.txt and no results.json failed; one with Hydra's .hydra/ and neither file is
-missing (still running, killed or timed out). Both are listed, never dropped.
+A run folder whose claim a live process holds is running; one with interrupted.txt was stopped by a
+signal (a re-run continues it); one with error.txt and no results.json failed; one with Hydra's .hydra/
+and none of these is missing (killed or timed out). All are listed, never dropped.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ import numpy as np
 
 from tlbench import calibration, pareto, verdict
 from tlbench.predictions import Predictions, read_predictions
-
-RESULTS_FILE = "results.json"
-ERROR_FILE = "error.txt"
+from tlbench.runs import ERROR_FILE, INTERRUPTED_FILE, RESULTS_FILE, claim_holder
 
 # What a comparison is grouped by; the seed (and under k-fold the fold) is the replicate axis: replicate_of.
 CONTEXT_KEYS = ("data", "backbone", "per_class")
@@ -73,7 +72,7 @@ class Run:
 @dataclass
 class Problem:
     path: Path
-    status: str  # "failed" | "missing"
+    status: str  # "running" | "interrupted" | "failed" | "missing"
     detail: str
 
 
@@ -83,6 +82,18 @@ class Found:
     runs: list[Run] = field(default_factory=list)
     failed: list[Problem] = field(default_factory=list)
     missing: list[Problem] = field(default_factory=list)
+    interrupted: list[Problem] = field(default_factory=list)
+    running: list[Problem] = field(default_factory=list)
+
+    @property
+    def has_outcomes(self) -> bool:
+        """Whether any run got far enough to say how it went (missing folders say nothing)."""
+        return bool(self.runs or self.failed or self.interrupted or self.running)
+
+    @property
+    def unfinished(self) -> list[Problem]:
+        """Every run folder without complete results, in the order the report lists them."""
+        return [*self.running, *self.interrupted, *self.failed, *self.missing]
 
 
 @dataclass
@@ -139,15 +150,21 @@ def last_line(text: str) -> str:
 
 
 def find_runs(root: str | Path) -> Found:
-    """Every run folder below root (root included): finished runs, failures and missing runs."""
+    """Every run folder below root (root included): finished, running, interrupted, failed and missing."""
     root = Path(root)
     found = Found(root)
-    folders = {p.parent for name in (RESULTS_FILE, ERROR_FILE) for p in root.rglob(name)}
+    folders = {p.parent for name in (RESULTS_FILE, ERROR_FILE, INTERRUPTED_FILE) for p in root.rglob(name)}
     folders |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
     for folder in sorted(folders):
         results, why = read_results(folder / RESULTS_FILE)
-        if results is not None:
+        holder = claim_holder(folder)
+        if holder is not None:  # first: a forced re-run in progress is running, whatever the folder holds
+            found.running.append(Problem(folder, "running", f"running: {holder}"))
+        elif results is not None:
             found.runs.append(Run(folder, results))
+        elif (folder / INTERRUPTED_FILE).exists():
+            text = (folder / INTERRUPTED_FILE).read_text(errors="replace")
+            found.interrupted.append(Problem(folder, "interrupted", last_line(text)))
         elif (folder / ERROR_FILE).exists():
             found.failed.append(
                 Problem(folder, "failed", last_line((folder / ERROR_FILE).read_text(errors="replace")))
@@ -157,10 +174,26 @@ def find_runs(root: str | Path) -> Found:
     return found
 
 
+def counts(found: Found) -> dict[str, int]:
+    """Run folders by state; running and interrupted only when there are some (most reports have none)."""
+    extra = {"interrupted": len(found.interrupted), "running": len(found.running)}
+    return {
+        "complete": len(found.runs),
+        "failed": len(found.failed),
+        "missing": len(found.missing),
+        **{k: v for k, v in extra.items() if v},
+    }
+
+
+def count_line(found: Found) -> str:
+    """`3 complete, 0 failed, 2 missing, 1 interrupted`: the sweep's state in one line."""
+    return ", ".join(f"{n} {state}" for state, n in counts(found).items())
+
+
 def read_results(path: Path) -> tuple[dict | None, str]:
     """The results if the run finished, else None and why not."""
     if not path.exists():
-        return None, "no results.json and no error.txt (still running, killed or timed out)"
+        return None, "no results.json and no error.txt (killed or timed out)"
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -519,12 +552,12 @@ class Analysis:
 def write_summary_md(
     found: Found, groups: list[Group], verdicts: list[Verdict], path: Path, analysis: Analysis
 ) -> None:
-    total = len(found.runs) + len(found.failed) + len(found.missing)
+    total = len(found.runs) + len(found.unfinished)
+    others = ", ".join(f"{n} {state}" for state, n in counts(found).items() if state != "complete")
     lines = [
         f"# Sweep report: {found.root}",
         "",
-        f"{len(found.runs)} of {total} runs complete, "
-        f"{len(found.failed)} failed, {len(found.missing)} missing.",
+        f"{len(found.runs)} of {total} runs complete, {others}.",
         "",
         "## Results",
         "",
@@ -603,10 +636,15 @@ def write_summary_md(
             f"- {g.data} / {g.backbone} / {fmt_size(g.per_class)} / {g.label}: seeds {g.seeds}"
             for g in duplicates
         ]
-    lines += ["", f"## Failed runs ({len(found.failed)})", ""]
-    lines += [f"- `{relative(p.path, found.root)}`: {p.detail}" for p in found.failed] or ["None."]
-    lines += ["", f"## Missing runs ({len(found.missing)})", ""]
-    lines += [f"- `{relative(p.path, found.root)}`: {p.detail}" for p in found.missing] or ["None."]
+    for title, problems in (
+        ("Running runs", found.running),
+        ("Interrupted runs", found.interrupted),
+        ("Failed runs", found.failed),
+        ("Missing runs", found.missing),
+    ):
+        if problems or title in ("Failed runs", "Missing runs"):
+            lines += ["", f"## {title} ({len(problems)})", ""]
+            lines += [f"- `{relative(p.path, found.root)}`: {p.detail}" for p in problems] or ["None."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -619,7 +657,7 @@ def write_summary_json(
 ) -> None:
     payload = {
         "root": str(found.root),
-        "counts": {"complete": len(found.runs), "failed": len(found.failed), "missing": len(found.missing)},
+        "counts": counts(found),
         "std": "sample standard deviation over seeds (ddof=1); null when n=1",
         "groups": [
             {
@@ -670,6 +708,10 @@ def write_summary_json(
         ],
         "failed": [{"run_dir": relative(p.path, found.root), "error": p.detail} for p in found.failed],
         "missing": [{"run_dir": relative(p.path, found.root), "why": p.detail} for p in found.missing],
+        "running": [{"run_dir": relative(p.path, found.root), "by": p.detail} for p in found.running],
+        "interrupted": [
+            {"run_dir": relative(p.path, found.root), "why": p.detail} for p in found.interrupted
+        ],
     }
     path.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
 
@@ -708,7 +750,7 @@ def write_csv(found: Found, path: Path) -> None:
             row |= {k: cell(run.results.get(k)) for k in costs}
             row["overrides"] = " ".join(map(str, run.results.get("overrides", []))) or overrides_of(run.path)
             writer.writerow(row)
-        for problem in (*found.failed, *found.missing):
+        for problem in found.unfinished:
             writer.writerow(
                 {
                     "run_dir": relative(problem.path, found.root),
@@ -841,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
         return 2
     found = find_runs(args.folder)
-    if not found.runs and not found.failed:
+    if not found.has_outcomes:
         print(
             f"error: no {RESULTS_FILE} or {ERROR_FILE} below {args.folder}. Point it at a sweep folder "
             "such as outputs/multirun/<sweep name>, or at outputs/ for every run.",
@@ -851,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = write_report(found, args.out or args.folder)
     print(render_table(summarize(found.runs)))
     print("\n" + terminal_verdict(found.runs))
-    print(f"\n{len(found.runs)} complete, {len(found.failed)} failed, {len(found.missing)} missing")
+    print(f"\n{count_line(found)}")
     print(f"report: {summary}")
     return 0
 

@@ -16,9 +16,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from tlbench.runs import RESULTS_FILE
 from tlbench.runtime import release_freed_memory
 
-RESULTS_FILE = "results.json"
 VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
 
 

@@ -1,5 +1,6 @@
 """What a sweep needs beyond one run: stable run-folder names, one GPU per parallel job, failures kept in
-their run folder, the report written when the sweep ends, and plain words when a plugin is missing.
+their run folder, the report written when the sweep ends (or when a signal stops it), and plain words
+when a plugin is missing.
 
 Importing this module registers two config resolvers and the missing-plugin hints with Hydra, so
 `tlbench.train` imports it before `@hydra.main` composes anything:
@@ -14,24 +15,25 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from tlbench.runs import ERROR_FILE, INTERRUPTED_FILE
+
+if TYPE_CHECKING:
+    from tlbench import report
+
 log = logging.getLogger("tlbench")
 
-ERROR_FILE = "error.txt"
-# What tlbench.train writes into a run folder; force=true removes them before the run starts over.
-RUN_OUTPUTS = ("results.json", "checkpoints", "tb", "csv")
 # Folder names longer than this are shortened with a hash (file systems stop at 255 bytes).
 MAX_DIRNAME = 200
 GPU_LOCK_DIR = Path(tempfile.gettempdir()) / f"tlbench-gpu-locks-{os.getuid()}"
@@ -83,21 +85,10 @@ def record_failure(run_dir: str | Path, error: BaseException) -> Path:
 
 
 def clear_failure(run_dir: str | Path) -> None:
-    """Forget the error of an earlier attempt before trying again, so a retry that is killed midway shows
-    as missing rather than as the old failure."""
-    (Path(run_dir) / ERROR_FILE).unlink(missing_ok=True)
-
-
-def start_over(run_dir: str | Path) -> None:
-    """Remove what an earlier attempt left in the run folder, so force=true trains from scratch: with the
-    old checkpoints/last.ckpt in place the run would resume from it, train nothing and re-test the old
-    weights, and its TensorBoard folder would hold the old curves beside the new ones."""
-    for name in RUN_OUTPUTS:
-        path = Path(run_dir) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    """Forget how an earlier attempt ended (error.txt, interrupted.txt) before trying again, so a retry
+    that is killed midway shows as missing rather than as the old outcome."""
+    for name in (ERROR_FILE, INTERRUPTED_FILE):
+        (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 def gpu_candidates(job_num: int, n_gpus: int) -> list[int]:
@@ -197,37 +188,98 @@ def ddp_problem(
 
 class ReportOnMultirunEnd(Callback):
     """Hydra callback: when every job of a multirun has returned, write the report of the sweep folder, and
-    end the command with exit status 1 if a job failed or left no results, so scripts and CI notice.
+    end the command with exit status 1 if a job failed, was interrupted or left no results, so scripts and
+    CI notice. Jobs another process is running are reported as running, not as problems.
     (Hydra turns an exception raised in a callback into a warning; SystemExit gets through.)"""
 
     def __init__(self, fail_on_errors: bool = True) -> None:
         self.fail_on_errors = fail_on_errors
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from tlbench import report
-
         if os.environ.get("RANK", "0") != "0":  # under torchrun every rank runs the sweep; one reports
             return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        found = report.find_runs(sweep_dir)
-        if not found.runs and not found.failed:
-            log.warning("no results.json or error.txt under %s: nothing to report", sweep_dir)
-        else:
-            summary_md = report.write_report(found, sweep_dir)
-            print(report.render_table(report.summarize(found.runs)))
-            print("\n" + report.terminal_verdict(found.runs))
-            print(f"\nreport: {summary_md}")
-        problems = len(found.failed) + len(found.missing)
+        found = write_sweep_report(Path(config.hydra.sweep.dir))
+        if found.running:
+            log.warning(
+                "%d jobs are being run by another process (listed as running in summary.md); that process "
+                "finishes them, and running this command again afterwards skips them.",
+                len(found.running),
+            )
+        problems = len(found.interrupted) + len(found.failed) + len(found.missing)
         if problems and self.fail_on_errors:
             log.error(
-                "%d failed and %d missing of %d jobs in %s (listed in summary.md there). Run the same "
-                "command again to retry only those: finished jobs are skipped.",
+                "%d interrupted, %d failed and %d missing of %d jobs in %s (listed in summary.md there). Run "
+                "the same command again to retry only those: finished jobs are skipped.",
+                len(found.interrupted),
                 len(found.failed),
                 len(found.missing),
-                len(found.runs) + problems,
-                sweep_dir,
+                len(found.runs) + len(found.unfinished),
+                found.root,
             )
             raise SystemExit(1)
+
+
+def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> report.Found:
+    """Write the report of a sweep folder and print its table; returns what report.find_runs found, with
+    `not_started` job folders listed as missing."""
+    from tlbench import report
+
+    found = report.find_runs(sweep_dir)
+    seen = {r.path for r in found.runs} | {p.path for p in found.unfinished}
+    found.missing += [
+        report.Problem(path, "missing", "not started: the sweep was stopped by a signal")
+        for path in not_started
+        if path not in seen
+    ]
+    if not found.has_outcomes:
+        log.warning("no results.json, error.txt or interrupted.txt under %s: nothing to report", sweep_dir)
+        return found
+    summary_md = report.write_report(found, sweep_dir)
+    print(report.render_table(report.summarize(found.runs)))
+    print("\n" + report.terminal_verdict(found.runs))
+    print(f"\n{report.count_line(found)}\nreport: {summary_md}")
+    return found
+
+
+def planned_job_dirs(hydra_cfg: DictConfig) -> list[Path]:
+    """Every job folder a basic sweep (`-m a=1,2 b=x,y`) will have, worked out from the sweep's saved
+    multirun.yaml the way Hydra's BasicSweeper and override_dirname do. Empty for sweepers that choose
+    jobs as they go (Optuna) and for a hydra.sweep.subdir other than tlbench's."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    saved_path = sweep_dir / "multirun.yaml"
+    if not saved_path.exists() or not str(hydra_cfg.sweeper._target_).endswith("BasicSweeper"):
+        return []
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path).hydra, resolve=False)
+    if "tlbench.dirname" not in str(saved["sweep"]["subdir"]):
+        return []
+    params = saved["sweeper"].get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(saved["overrides"]["task"])
+    parser = OverridesParser.create()
+    naming = hydra_cfg.job.config.override_dirname
+    folders = []
+    for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None):
+        for job in batch:
+            name = get_overrides_dirname(
+                parser.parse_overrides(job), list(naming.exclude_keys), naming.item_sep, naming.kv_sep
+            )
+            folders.append(sweep_dir / job_dirname(name))
+    return folders
+
+
+def report_stopped_sweep(hydra_cfg: DictConfig) -> None:
+    """A signal stops the whole sweep (the scheduler wants the process gone): write its report now, listing
+    the interrupted job and the jobs not started, since Hydra's on_multirun_end will not run."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    write_sweep_report(Path(hydra_cfg.sweep.dir), planned_job_dirs(hydra_cfg))
+    log.error(
+        "the sweep was stopped by a signal; run the same command again to continue it: finished jobs are "
+        "skipped and the interrupted one resumes from its last.ckpt"
+    )
 
 
 class ExplainMissingPlugin(Callback):

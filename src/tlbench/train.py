@@ -7,8 +7,11 @@ test on the best checkpoint → results.json.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
 import logging
+import os
 import sys
 import time
 import warnings
@@ -22,18 +25,18 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tlbench import sweep, tune
+from tlbench import runs, sweep, tune
 from tlbench.backbones import get_preset
 from tlbench.checks import check_against_data, check_config
 from tlbench.data import ImageDataModule
 from tlbench.figures import RunFigureRecorder, write_run_figures
 from tlbench.module import TransferModule
 from tlbench.predictions import write_predictions
-from tlbench.recipes import check_recipes, early_stopping, ema_callback
+from tlbench.recipes import early_stopping, ema_callback
 from tlbench.results import (
     RESULTS_FILE,
     RunCost,
@@ -50,6 +53,7 @@ log = logging.getLogger("tlbench")
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 LOGGERS = ("tensorboard", "csv", "none")
+LOG_FOLDERS = {"tensorboard": "tb", "csv": "csv"}
 # Keys of the data config that are not DataModule arguments.
 DATA_ONLY_FOR_MODULE = ("positive_class",)
 
@@ -86,14 +90,71 @@ def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule
     )
 
 
-def build_logger(name: str, run_dir: Path):
+def build_logger(name: str, run_dir: Path, resumed_step: int | None = None):
+    """The run's logger. On a resume (`resumed_step`: the global step of last.ckpt) it keeps the history
+    logged up to that step — the last validation before the checkpoint is logged at it — and drops what
+    came after, which the resumed run logs again: TensorBoard hides those events (purge_step), the CSV
+    keeps only the earlier rows (Lightning's CSVLogger would delete them all)."""
     if name == "tensorboard":
-        return TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+        return TensorBoardLogger(
+            save_dir=str(run_dir),
+            name=LOG_FOLDERS[name],
+            version="",
+            default_hp_metric=False,
+            purge_step=None if resumed_step is None else resumed_step + 1,
+        )
     if name == "csv":
-        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+        logger = CSVLogger(save_dir=str(run_dir), name=LOG_FOLDERS[name], version="")
+        if resumed_step is not None:
+            keep_csv_history(logger, resumed_step)
+        return logger
     if name == "none":
         return False
     raise ValueError(f"unknown logger.name {name!r}; choose one of: {', '.join(LOGGERS)}")
+
+
+def keep_csv_history(logger: CSVLogger, resumed_step: int) -> None:
+    """Carry the rows logged up to `resumed_step` into the resumed run's metrics.csv: Lightning's writer
+    removes the file when it starts and writes only what it logs itself."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = [
+            {k: v for k, v in row.items() if v != ""}
+            for row in csv.DictReader(handle)
+            if row.get("step", "").isdigit() and int(row["step"]) <= resumed_step
+        ]
+    logger.experiment.metrics[:0] = rows  # the writer starts now (and removes the file); rows go first
+
+
+class CheckpointOnInterrupt(OnExceptionCheckpoint):
+    """last.ckpt at the moment a signal stops training, so running the same command again continues from
+    there. Lightning's OnExceptionCheckpoint saves on any exception and deletes its file at teardown; here
+    only a stop asked for by a signal, during fit, is saved (a test-phase stop would save the best weights
+    loaded for testing), and the file stays."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # received_sigterm too: SLURM and a terminal signal the data-loader workers as well, and a dead
+        # worker can end the fit with its own error before the loop reaches its SIGTERM check.
+        signalled = trainer.received_sigterm or isinstance(exception, runs.RunInterrupted | KeyboardInterrupt)
+        if signalled and trainer.state.fn == "fit":
+            log.warning("saving %s before stopping", self.ckpt_path)
+            super().on_exception(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass
+
+
+def resumed_step(cfg: DictConfig, run_dir: Path) -> int | None:
+    """The global step train() resumes from (its last.ckpt), or None for a fresh start."""
+    last = run_dir / runs.CHECKPOINT_DIR / "last.ckpt"
+    if cfg.trainer.fast_dev_run or not last.exists():
+        return None
+    position = runs.checkpoint_position(last)
+    return position[1] if position else None
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -102,7 +163,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trai
     patience = options.pop("early_stopping_patience", None)
     mode = "min" if monitor.endswith("loss") else "max"
     options["precision"] = resolve_precision(options.get("precision"))
-    logger = build_logger(cfg.logger.name, run_dir)
+    logger = build_logger(cfg.logger.name, run_dir, resumed_step(cfg, run_dir))
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -120,7 +181,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trai
         enable_version_counter=False,
     )
     recipe = [ema_callback(cfg.optim.get("ema")), early_stopping(monitor, mode, patience)]
-    callbacks = [c for c in recipe if c is not None] + [checkpoint, latest, cost]
+    callbacks = [c for c in recipe if c is not None]
+    callbacks += [checkpoint, latest, CheckpointOnInterrupt(run_dir / runs.CHECKPOINT_DIR, "last"), cost]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
@@ -159,7 +221,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
     started = time.perf_counter()
     check_config(cfg)
-    check_recipes(cfg)
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
@@ -254,7 +315,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """tune.lr_find=true: the LR range test on this run's data, module and trainer settings (tune.py)."""
     check_config(cfg)
-    check_recipes(cfg)
     tune.check_tune_settings(plain(cfg.tune))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg, run_dir)
@@ -309,6 +369,61 @@ def run(overrides: list[str] | None = None, run_dir: str | Path | None = None) -
     return train(cfg, Path(run_dir))
 
 
+def preflight(cfg: DictConfig, run_dir: Path) -> None:
+    """Cheap checks of what would otherwise fail late — after data loading, after training, or after
+    force=true has moved the previous run aside: config values, the backbone name and weights tag, the
+    image folder, and that the run folder, its checkpoints and its logs can be written."""
+    check_config(cfg)
+    get_preset(cfg.backbone.name, cfg.backbone.weights, cfg.data.in_chans)
+    if cfg.data.source == "imagefolder" and not Path(str(cfg.data.root)).expanduser().is_dir():
+        raise ValueError(f"data.root={cfg.data.root} does not exist; point data.root at your image folder")
+    for folder in (run_dir, run_dir / runs.CHECKPOINT_DIR, run_dir / LOG_FOLDERS.get(cfg.logger.name, "")):
+        runs.check_writable(folder)
+
+
+def is_first_process() -> bool:
+    """False on the extra ranks of a DDP run, which re-run this entry point on the same run folder: only the
+    first process claims, checks and clears the folder."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
+
+
+def excluded_keys() -> list[str]:
+    """Settings that do not change a result (train.yaml's override_dirname.exclude_keys)."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().job.config.override_dirname.exclude_keys)
+    return list(runs.EXECUTION_ONLY_KEYS)
+
+
+def prepare_folder(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Make the run folder ready for this run, or return the finished results to skip it with.
+
+    Nothing is moved before every check has passed; a folder holding a run started with other settings
+    is refused rather than resumed (its checkpoint would train the old run while results.json reported
+    the new settings)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    old = runs.saved_config(run_dir)
+    if not cfg.force and old is not None and runs.has_run_outputs(run_dir):
+        runs.refuse_changed_settings(run_dir, old, config, excluded_keys())
+    done = None if cfg.force else read_results(run_dir)
+    if done is not None:
+        return done
+    preflight(cfg, run_dir)
+    if cfg.force:
+        moved = runs.move_aside(run_dir)
+        if moved:
+            log.info("force=true: the previous outputs of %s are now in %s", run_dir, moved)
+    runs.save_config(run_dir, config)
+    return None
+
+
+def record_signal(run_dir: Path, signum: int) -> runs.RunInterrupted:
+    """Leave interrupted.txt saying where the run stopped; returns the exception that ends the process."""
+    record = runs.record_interrupted(run_dir, signum)
+    log.warning("%s: %s", run_dir, record.read_text().strip())
+    return runs.RunInterrupted(signum)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://tlbench.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the best validation score: what a sweeper (Optuna) may optimise — never a test metric."""
@@ -316,38 +431,66 @@ def main(cfg: DictConfig) -> float | None:
     sweep.pin_job_to_gpu(hydra_cfg)  # before anything starts CUDA
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    # The LR range test never skips: it trains nothing and writes no results.json.
-    done = None if cfg.force or cfg.tune.lr_find is True else read_results(run_dir)
-    if done is not None:
-        log.info("skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE)
-        return done.get("best_val")
-    sweep.clear_failure(run_dir)
+    claim = runs.claimed(run_dir) if is_first_process() else contextlib.nullcontext()
     try:
-        if cfg.force:
-            check_config(cfg)  # a mistyped value must not cost the folder's previous run
-            sweep.start_over(run_dir)
-        problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
-        if problem:
-            raise ValueError(problem)
-        if tune.lr_find_requested(plain(cfg.tune)):
-            print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
-            return None
-        results = train(cfg, run_dir)
-    except Exception as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
-        sweep.record_failure(run_dir, error)
+        with claim:
+            return run_job(cfg, hydra_cfg, run_dir)
+    except runs.RunClaimed as taken:
         if multirun:
-            log.error(
-                "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
-            )
+            log.warning("skipping: %s", taken)
             return None
-        if is_user_error(error):
-            print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
-            sys.exit(1)
-        raise
+        print(f"\nerror: {taken}", file=sys.stderr)
+        sys.exit(1)
+    except runs.RunInterrupted as stopped:
+        # The scheduler that sent the signal wants the process gone: a sweep stops here too, and writes its
+        # report now (Hydra's on_multirun_end will not run) — after the claim is released, so that this
+        # job is listed as interrupted, not running.
+        if multirun:
+            sweep.report_stopped_sweep(hydra_cfg)
+        sys.exit(runs.exit_status(stopped.signum))
+
+
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | None:
+    """One run in a folder this process holds: skip it when done, else check, prepare, train, record."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    with runs.SignalGuard() as guard:
+        try:
+            if tune.lr_find_requested(plain(cfg.tune)):
+                # The LR range test trains nothing and writes no results.json: it never skips a folder.
+                preflight(cfg, run_dir)
+                print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
+                return None
+            done = prepare_folder(cfg, run_dir) if is_first_process() else None
+            if done is not None:
+                log.info(
+                    "skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE
+                )
+                return done.get("best_val")
+            sweep.clear_failure(run_dir)
+            problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
+            if problem:
+                raise ValueError(problem)
+            results = train(cfg, run_dir)
+        except BaseException as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
+            if guard.received is not None:  # RunInterrupted, or Lightning's SIGTERMException
+                raise record_signal(run_dir, guard.received) from None
+            if not isinstance(error, Exception):
+                raise
+            sweep.record_failure(run_dir, error)
+            if multirun:
+                log.error(
+                    "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
+                )
+                return None
+            if is_user_error(error):
+                print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
+                sys.exit(1)
+            raise
     if results:
         print("\n" + summary_line(results))
-        return results.get("best_val")
-    return None
+    if guard.received is not None:  # the signal came as the run was finishing: it finished; still stop
+        raise runs.RunInterrupted(guard.received)
+    return results.get("best_val") if results else None
 
 
 if __name__ == "__main__":

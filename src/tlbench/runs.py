@@ -1,0 +1,321 @@
+"""A run folder's life beyond one training: who is running it now (a claim), what it was started with
+(run_config.json), where force=true puts the previous outputs (moved aside, never deleted), whether it
+can be written at all, and what a signal leaves behind (last.ckpt, interrupted.txt, exit status 128+N).
+
+Light on purpose (no torch, no Lightning at import): the report reads claims and records with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+RESULTS_FILE = "results.json"
+ERROR_FILE = "error.txt"
+INTERRUPTED_FILE = "interrupted.txt"
+RUN_CONFIG_FILE = "run_config.json"
+CLAIM_FILE = "claim.lock"
+REPLACED_DIR = "replaced"
+CHECKPOINT_DIR = "checkpoints"
+# Left in place by force=true: Hydra's own files for this launch (its log is already open), the claim this
+# process holds, and the earlier runs already moved aside.
+KEPT_ON_REPLACE = (".hydra", CLAIM_FILE, REPLACED_DIR)
+# Keys of train.yaml's override_dirname.exclude_keys: how a run is executed, not what it computes. Used
+# when Hydra's own list is not at hand (tlbench.train.run from a notebook).
+EXECUTION_ONLY_KEYS = (
+    "force",
+    "sweep",
+    "data.num_workers",
+    "data.cache_dir",
+    "data.memory_max_gb",
+    "data.pipeline",
+    "optim.cuda_graph",
+    "trainer.enable_progress_bar",
+)
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot take this run; the message names the folder and the way out."""
+
+
+class RunClaimed(RunFolderError):
+    """Another live process is running this run folder."""
+
+
+class RunInterrupted(BaseException):
+    """A signal asked the run to stop. A BaseException, like KeyboardInterrupt: the `except Exception` that
+    keeps a sweep going after a failed job must not swallow a request to stop the whole process."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def exit_status(signum: int) -> int:
+    """128 + the signal number, what shells, `timeout` and SLURM scripts expect (143 for SIGTERM)."""
+    return 128 + signum
+
+
+# --- claims: one live process per run folder ------------------------------------------------------------
+
+
+def claim_run(run_dir: str | Path) -> IO | None:
+    """Take the run folder for this process: an exclusive flock on <run_dir>/claim.lock, held until the
+    handle is closed. The operating system drops it when the process ends however it ends, so a crashed
+    holder never leaves a stale claim (on a local disk; NFS locks depend on the server). Returns None
+    when another process holds it."""
+    import fcntl  # POSIX
+
+    path = Path(run_dir) / CLAIM_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+    handle.flush()
+    return handle
+
+
+def claim_holder(run_dir: str | Path) -> str | None:
+    """Who is running this folder now ("pid 123 on host since ..."), or None when nobody is."""
+    import fcntl
+
+    path = Path(run_dir) / CLAIM_FILE
+    try:
+        handle = path.open("r")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+@contextmanager
+def claimed(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run folder's claim for the body; RunClaimed (naming the holder) when another has it."""
+    handle = claim_run(run_dir)
+    if handle is None:
+        holder = claim_holder(run_dir) or "another process"
+        raise RunClaimed(
+            f"{run_dir} is being run by {holder}; wait for it to finish (a finished run is then skipped), "
+            "or run in another folder (hydra.run.dir=... / hydra.sweep.dir=...)"
+        )
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+# --- the settings a run was started with ---------------------------------------------------------------
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}: one entry per setting, named as on the command line."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def result_settings(config: Mapping[str, Any], ignored: Iterable[str]) -> dict[str, Any]:
+    """The settings that change what a run computes: every key but the execution-only ones."""
+    ignored = tuple(ignored)
+    normal = json.loads(json.dumps(config, default=str))  # tuples, paths: as the saved JSON has them
+    return {
+        k: v for k, v in flatten(normal).items() if not any(k == i or k.startswith(f"{i}.") for i in ignored)
+    }
+
+
+def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignored: Iterable[str]) -> list[str]:
+    """Each setting both configs have that differs, as `key: old → new`. A key only one side has is a
+    setting a tlbench upgrade added or removed, not a change the user asked for: counting it would make
+    every finished run folder of an older version unusable."""
+    before, after = result_settings(old, ignored), result_settings(new, ignored)
+    return [
+        f"{key}: {before[key]} → {after[key]}"
+        for key in sorted(before.keys() & after.keys())
+        if before[key] != after[key]
+    ]
+
+
+def saved_config(run_dir: str | Path) -> dict | None:
+    """What the run in this folder was started with: run_config.json, else the config a finished run of an
+    older tlbench kept in results.json; None when neither says."""
+    for name, key in ((RUN_CONFIG_FILE, None), (RESULTS_FILE, "config")):
+        try:
+            loaded = json.loads((Path(run_dir) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        config = loaded.get(key) if key and isinstance(loaded, dict) else loaded
+        if isinstance(config, dict):
+            return config
+    return None
+
+
+def save_config(run_dir: str | Path, config: Mapping[str, Any]) -> Path:
+    """Keep the resolved config in the run folder as the run starts (atomically), so a later command on the
+    same folder can tell whether it asks for the same run."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def has_run_outputs(run_dir: str | Path) -> bool:
+    """Whether the folder holds what a run would continue from or report: a checkpoint or results."""
+    run_dir = Path(run_dir)
+    return (run_dir / RESULTS_FILE).exists() or any((run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
+
+
+def refuse_changed_settings(run_dir: str | Path, old: Mapping, new: Mapping, ignored: Iterable[str]) -> None:
+    """RunFolderError naming each changed setting when the folder holds a run started with others:
+    resuming would train with the old settings' checkpoint and report the new ones."""
+    changes = setting_changes(old, new, ignored)
+    if changes:
+        raise RunFolderError(
+            f"{run_dir} holds a run with other settings ({'; '.join(changes)}). Add force=true to move "
+            f"that run aside (into {REPLACED_DIR}/) and start this one, or choose another folder "
+            "(hydra.run.dir=... / hydra.sweep.dir=...)"
+        )
+
+
+# --- force=true: move the previous run aside -----------------------------------------------------------
+
+
+def move_aside(run_dir: str | Path) -> Path | None:
+    """Move what an earlier run left in the folder into <run_dir>/replaced/<time>/, so force=true starts
+    from scratch (with the old last.ckpt in place it would resume from it) without losing a finished
+    result to a mistake. Returns where they went, or None when there was nothing to move."""
+    run_dir = Path(run_dir)
+    old = [p for p in run_dir.iterdir() if p.name not in KEPT_ON_REPLACE and p.suffix != ".log"]
+    if not old:
+        return None
+    target = run_dir / REPLACED_DIR / time.strftime("%Y-%m-%d_%H-%M-%S")
+    suffix = 1
+    while target.exists():
+        target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+        suffix += 1
+    target.mkdir(parents=True)
+    for path in old:
+        shutil.move(str(path), target / path.name)
+    return target
+
+
+# --- folders that cannot be written ---------------------------------------------------------------------
+
+
+def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
+    """RunFolderError when `folder` could not be created or written: a file in its place (or in its
+    parent's), or a folder without write permission. Checked by writing a file, since permissions alone
+    do not tell (root, ACLs, read-only mounts)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(
+            f"{existing} is a file where tlbench needs the folder {folder}: move or rename it, or choose "
+            f"another {key}"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise RunFolderError(
+            f"cannot write into {existing} ({error.strerror}), where tlbench writes {folder}: make it "
+            f"writable (chmod u+w {existing}) or choose another {key}"
+        ) from None
+
+
+# --- signals --------------------------------------------------------------------------------------------
+
+
+class SignalGuard:
+    """For the life of one run: SIGTERM and SIGINT stop it with RunInterrupted, so main() can record it.
+
+    While Lightning runs fit or test it puts its own SIGTERM handler in front of this one: it sets
+    `trainer.received_sigterm`, and the loops raise SIGTERMException at the next batch boundary, where
+    the weights and the optimizer agree. This guard then only notes the signal and lets Lightning stop
+    there — for Ctrl-C too, which it hands to Lightning as a SIGTERM. A second Ctrl-C stops at once.
+    """
+
+    HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            for signum in self.HANDLED:
+                self._previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        again = self.received is not None
+        self.received = self.received or signum
+        in_front = signal.getsignal(signal.SIGTERM)
+        if in_front == self.handle or (again and signum == signal.SIGINT):
+            raise RunInterrupted(self.received)
+        if signum == signal.SIGINT and callable(in_front):
+            in_front(signal.SIGTERM, frame)  # Lightning's handler, which calls this one back: a no-op
+
+
+def checkpoint_position(path: str | Path) -> tuple[int, int] | None:
+    """(epoch, global step) a checkpoint was saved at, or None when it cannot be read."""
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return int(saved.get("epoch", 0)), int(saved.get("global_step", 0))
+
+
+def record_interrupted(run_dir: str | Path, signum: int) -> Path:
+    """interrupted.txt: one line saying which signal stopped the run and where a re-run continues from."""
+    run_dir = Path(run_dir)
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    position = checkpoint_position(last) if last.exists() else None
+    name = signal.Signals(signum).name
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    if position:
+        where = (
+            f"{last.relative_to(run_dir)} holds epoch {position[0]}, step {position[1]}: "
+            "run the same command again to continue"
+        )
+    else:
+        where = "no checkpoint yet: run the same command again to start it"
+    path = run_dir / INTERRUPTED_FILE
+    path.write_text(f"interrupted by {name} at {when}; {where}\n")
+    return path

@@ -1,0 +1,324 @@
+"""A run folder's life as a user meets it: force=true after a typo, SIGTERM from a scheduler, a re-run with
+other settings, a folder that cannot be written, a CSV log across a resume, two sweeps on one folder.
+Trainings are tiny (generated 32 px images, random-init resnet18, CPU); the signal and sweep tests run
+`python -m tlbench.train` in a subprocess, as a scheduler would."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import make_image_folder, small, train_until_killed
+from tlbench import report, runs
+from tlbench.train import compose_config, prepare_folder, train
+
+QUIET = ("trainer.enable_progress_bar=false", "logger=none", "trainer.max_epochs=1")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4})
+
+
+def cli(*overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tlbench.train", *overrides],
+        cwd=cwd,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def finished_run(images: Path, run_dir: Path, *extra: str) -> dict:
+    """A complete run in run_dir, trained in this process (a second or two)."""
+    return train(compose_config([*small(images), *QUIET, *extra]), run_dir)
+
+
+# --- 1. force=true validates before it touches the folder ----------------------------------------------
+
+
+def test_force_with_a_mistyped_path_keeps_the_finished_run(images, tmp_path):
+    run_dir = tmp_path / "run"
+    finished_run(images, run_dir)
+    done = cli(
+        *small(images),
+        *QUIET,
+        "force=true",
+        "data.root=/no/such/dir",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1 and "data.root=/no/such/dir does not exist" in done.stderr, done.stderr[
+        -2000:
+    ]
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+    assert (run_dir / "checkpoints" / "best.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("backbone.name=resnet17", "resnet18"), ("trainer.max_epochs=ten", "trainer.max_epochs")],
+)
+def test_force_with_a_bad_value_moves_nothing(override, message, images, tmp_path):
+    run_dir = tmp_path / "run"
+    finished_run(images, run_dir)
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(ValueError, match=message):
+        prepare_folder(compose_config([*small(images), *QUIET, "force=true", override]), run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_force_moves_the_previous_run_aside(images, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    old = finished_run(images, run_dir)
+    caplog.set_level("INFO", logger="tlbench")
+    prepare_folder(compose_config([*small(images), *QUIET, "force=true"]), run_dir)
+    assert not (run_dir / "results.json").exists() and not (run_dir / "checkpoints").exists()
+    (moved,) = (run_dir / "replaced").iterdir()
+    assert json.loads((moved / "results.json").read_text())["metrics"] == old["metrics"]
+    assert (moved / "checkpoints" / "best.ckpt").exists()
+    assert str(moved) in caplog.text
+
+
+# --- 2. signals ----------------------------------------------------------------------------------------
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlbench.train", *args],
+        cwd=cwd,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def csv_epochs(run_dir: Path, column: str = "val/acc") -> list[int]:
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as handle:
+        return sorted(int(row["epoch"]) for row in csv.DictReader(handle) if row.get(column))
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_exits_128_plus_n_and_the_same_command_continues(
+    signum, status, tmp_path
+):
+    images = make_image_folder(tmp_path / "images", per_split={"train": 24, "val": 4})
+    run_dir = tmp_path / "run"
+    args = [
+        *small(images),
+        "data.batch_size=4",
+        "trainer.max_epochs=8",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+    ]
+    process = start(args, tmp_path)
+    wait_for(run_dir / "checkpoints" / "last.ckpt", process)  # epoch 0 done: training is under way
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == status, stderr[-3000:]
+    record = (run_dir / "interrupted.txt").read_text()
+    assert signal.Signals(signum).name in record and "last.ckpt" in record
+    assert not (run_dir / "results.json").exists()
+    found = report.find_runs(run_dir)
+    assert [p.path for p in found.interrupted] == [run_dir] and not found.missing and not found.failed
+    stopped_at = runs.checkpoint_position(run_dir / "checkpoints" / "last.ckpt")
+
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr + again.stdout
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+    assert not (run_dir / "interrupted.txt").exists()
+    assert runs.checkpoint_position(run_dir / "checkpoints" / "last.ckpt")[0] == 7
+    assert stopped_at[1] > 0
+    assert csv_epochs(run_dir) == list(range(8))  # the epochs before the signal are still in metrics.csv
+
+
+def test_sigterm_stops_a_sweep_and_its_report_lists_what_did_not_finish(tmp_path):
+    make_image_folder(tmp_path / "images", per_split={"train": 24, "val": 4})
+    args = [
+        "-m",
+        *small(Path("images")),
+        "data.batch_size=4",
+        "trainer.max_epochs=8",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        "seed=0,1,2",
+        "hydra.sweep.dir=sweep",
+    ]
+    process = start(args, tmp_path)
+    sweep_dir = tmp_path / "sweep"
+    deadline = time.monotonic() + 240
+    while not list(sweep_dir.glob("*/checkpoints/last.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["counts"]["interrupted"] == 1, summary["counts"]
+    assert ["seed=0" in p["run_dir"].split(",") for p in summary["interrupted"]] == [True]
+    not_started = [p for p in summary["missing"] if p["why"].startswith("not started")]
+    assert len(not_started) == 2
+
+
+def test_signal_guard_turns_sigint_into_an_interruption():
+    with runs.SignalGuard() as guard, pytest.raises(runs.RunInterrupted) as stopped:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    assert guard.received == signal.SIGINT and runs.exit_status(stopped.value.signum) == 130
+
+
+# --- 3. a folder that holds a run with other settings ---------------------------------------------------
+
+
+def test_a_rerun_with_another_learning_rate_is_refused_naming_the_change(images, tmp_path):
+    run_dir = tmp_path / "run"
+    old = finished_run(images, run_dir)
+    stamp = (run_dir / "results.json").stat().st_mtime_ns
+    done = cli(*small(images), *QUIET, "strategy.head_lr=0.5", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"strategy.head_lr: {old['config']['strategy']['head_lr']} → 0.5" in done.stderr
+    assert "force=true" in done.stderr and "another folder" in done.stderr
+    assert (run_dir / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_a_killed_run_is_not_resumed_with_other_settings(images, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    first = [*small(images), "logger=none", "trainer.max_epochs=2"]
+    train_until_killed(first, run_dir, epoch=1, monkeypatch=monkeypatch)
+    runs.save_config(run_dir, OmegaConf.to_container(compose_config(first), resolve=True))  # as main() does
+    with pytest.raises(runs.RunFolderError, match=r"backbone.name: resnet18 → resnet50.*force=true"):
+        prepare_folder(compose_config([*first, "backbone=resnet50", "backbone.weights=null"]), run_dir)
+    # Settings that do not change the result (train.yaml's exclude_keys) are not a different run.
+    assert prepare_folder(compose_config([*first, "trainer.enable_progress_bar=false"]), run_dir) is None
+
+
+def test_setting_changes_ignore_execution_only_keys():
+    old = {"seed": 0, "data": {"num_workers": 4, "root": "a"}, "optim": {"cuda_graph": False}}
+    new = {"seed": 1, "data": {"num_workers": 0, "root": "a", "extra": 2}, "optim": {"cuda_graph": True}}
+    # data.extra: a key an older tlbench did not have is not a change the user asked for
+    assert runs.setting_changes(old, new, runs.EXECUTION_ONLY_KEYS) == ["seed: 0 → 1"]
+
+
+# --- 4. folders that cannot be written stop the run at the start ---------------------------------------
+
+
+@pytest.mark.parametrize("blocked", ["checkpoints", "tb"])
+def test_a_file_where_a_folder_should_be_stops_the_run_before_training(blocked, images, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / blocked).write_text("not a folder")
+    args = [*small(images), "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=tensorboard"]
+    done = cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"{run_dir / blocked} is a file" in done.stderr and "Traceback" not in done.stderr
+    assert "data:" not in done.stderr  # stopped before the data was even loaded
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_checkpoint_folder_stops_the_run_before_training(images, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints").chmod(0o500)
+    try:
+        done = cli(*small(images), *QUIET, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    finally:
+        (run_dir / "checkpoints").chmod(0o700)
+    assert done.returncode == 1 and "cannot write into" in done.stderr and "chmod" in done.stderr
+
+
+# --- 5. logs across a resume ---------------------------------------------------------------------------
+
+
+def test_a_resumed_csv_log_keeps_the_epochs_before_the_kill(images, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    overrides = [*small(images), "logger=csv", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+    train_until_killed(overrides, run_dir, epoch=2, monkeypatch=monkeypatch)
+    assert csv_epochs(run_dir) == [0, 1]
+    train(compose_config(overrides), run_dir)
+    assert csv_epochs(run_dir) == [0, 1, 2]
+    assert csv_epochs(run_dir, "train/loss_epoch") == [0, 1, 2]
+
+
+# --- 6. two sweeps on one folder -----------------------------------------------------------------------
+
+
+def test_a_claimed_folder_is_listed_as_running_until_its_holder_ends(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    handle = runs.claim_run(run_dir)
+    try:
+        assert runs.claim_run(run_dir) is None  # a second claim, even from this process, is refused
+        found = report.find_runs(tmp_path)
+        assert [p.path for p in found.running] == [run_dir] and f"pid {os.getpid()}" in found.running[
+            0
+        ].detail
+    finally:
+        handle.close()
+    assert [p.path for p in report.find_runs(tmp_path).missing] == [run_dir]
+
+
+def test_a_run_claimed_by_another_process_is_not_trained_twice(tmp_path):
+    make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4})
+    sweep_dir = tmp_path / "sweep"
+    taken = sweep_dir / "seed0"
+    taken.mkdir(parents=True)
+    handle = runs.claim_run(taken)  # this test process stands for the other sweep, busy with seed=0
+    try:
+        args = [*small(Path("images")), *QUIET, "hydra.sweep.dir=sweep", "hydra.sweep.subdir=seed${seed}"]
+        done = subprocess.run(
+            [sys.executable, "-m", "tlbench.train", "-m", *args, "seed=0,1"],
+            cwd=tmp_path,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        single = cli(*small(Path("images")), *QUIET, f"hydra.run.dir={taken}", cwd=tmp_path)
+    finally:
+        handle.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"is being run by pid {os.getpid()}" in done.stdout + done.stderr
+    assert not (taken / "results.json").exists() and (sweep_dir / "seed1" / "results.json").exists()
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["counts"]["running"] == 1 and summary["counts"]["missing"] == 0, summary["counts"]
+    assert single.returncode == 1 and f"pid {os.getpid()}" in single.stderr
+
+
+def test_a_resumed_tensorboard_log_has_each_epoch_once(images, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    overrides = [
+        *small(images),
+        "logger=tensorboard",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+    ]
+    train_until_killed(overrides, run_dir, epoch=2, monkeypatch=monkeypatch)
+    train(compose_config(overrides), run_dir)
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert len([e.step for e in events.Scalars("val/acc")]) == 3
+    assert len({e.step for e in events.Scalars("val/acc")}) == 3
