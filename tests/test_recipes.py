@@ -154,7 +154,8 @@ def test_a_resumed_run_keeps_averaging_where_it_stopped(generated, tmp_path, mon
 
 
 def test_a_bad_ema_decay_is_named_before_any_data_is_read(tmp_path):
-    cfg = compose_config(quick(tmp_path / "no-such-folder", "optim.ema=1.5"))
+    # An empty folder: the value must be refused before any data would be read.
+    cfg = compose_config(quick(tmp_path, "optim.ema=1.5"))
     with pytest.raises(ValueError, match=r"optim\.ema must be null \(off\) or a decay between 0 and 1"):
         train(cfg, tmp_path / "run")
 
