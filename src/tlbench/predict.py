@@ -19,7 +19,7 @@ from torch import nn
 from tlbench.backbones import WeightsUnavailableError, build_imagenet_classifier
 from tlbench.data import eval_transform
 from tlbench.images import BadImageError, read_image
-from tlbench.module import TransferModule
+from tlbench.module import TransferModule, decide
 from tlbench.sources import IMAGE_EXTENSIONS
 
 
@@ -59,19 +59,32 @@ def load_images(model: nn.Module, paths: list[str | Path]) -> torch.Tensor:
 def predict(
     model: nn.Module, paths: list[str | Path], top_k: int = 3, batch_size: int = 32
 ) -> list[list[tuple[str, float]]]:
-    """For each image: the `top_k` (class name, probability) pairs, most likely first. `model` is a
+    """For each image: the `top_k` (class name, probability) pairs, the predicted class first. `model` is a
     trained checkpoint (`load_model`) or a zero-shot ImageNet classifier (`load_zero_shot`)."""
     device = next(model.parameters()).device
     ranked = []
     for start in range(0, len(paths), batch_size):
         images = load_images(model, paths[start : start + batch_size])
         probabilities = model(images.to(device)).float().softmax(dim=1)
-        values, indices = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+        indices = ranked_classes(model, probabilities)[:, :top_k]
+        values = probabilities.gather(1, indices)
         ranked += [
             [(model.class_names[i], float(v)) for v, i in zip(row_values, row_indices)]
             for row_values, row_indices in zip(values.tolist(), indices.tolist())
         ]
     return ranked
+
+
+def ranked_classes(model: nn.Module, probabilities: torch.Tensor) -> torch.Tensor:
+    """Class indices of each row, the predicted class first: for a binary checkpoint its decision threshold
+    (chosen on validation, saved in the checkpoint) decides, so the first class may be the less probable
+    one; otherwise by probability."""
+    if probabilities.shape[1] == 2:
+        predicted = decide(
+            probabilities, getattr(model, "threshold", None), getattr(model, "positive_class", 1)
+        )
+        return torch.stack([predicted, 1 - predicted], dim=1)
+    return probabilities.argsort(dim=1, descending=True)
 
 
 def write_cams(
