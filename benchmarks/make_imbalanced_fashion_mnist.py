@@ -17,7 +17,7 @@ from PIL import Image
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = {"0_tshirt": 0, "1_shirt": 6}  # folder name → Fashion-MNIST label
-COUNTS = {"train": {"0_tshirt": 450, "1_shirt": 50}, "val": 100, "test": 500}
+COUNTS = {"train": {"0_tshirt": 450, "1_shirt": 50}, "val": 100, "test": 300}
 
 
 def read(prefix: str) -> tuple[np.ndarray, np.ndarray]:

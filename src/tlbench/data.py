@@ -268,10 +268,13 @@ class ImageDataModule(L.LightningDataModule):
 
     def class_weights(self) -> list[float] | None:
         """data.balance=loss: cross-entropy weights from the training split's class counts, inverse frequency
-        normalised to mean 1 (so the loss keeps its scale and the learning rates their meaning); else None."""
+        normalised to mean 1 (so the loss keeps its scale and the learning rates their meaning); else None,
+        also where every class has as many images (weights of 1 would only add rounding)."""
         if self.balance != "loss":
             return None
         counts = torch.bincount(self.labels("train"), minlength=self.num_classes).double()
+        if bool((counts == counts[0]).all()):
+            return None
         inverse = 1.0 / counts
         return (inverse / inverse.mean()).tolist()
 
