@@ -87,6 +87,15 @@ def test_the_balanced_sampler_draws_each_class_about_equally_often(tmp_path, pip
     assert epoch_label_counts(balanced, epoch=1) != counts
 
 
+def test_the_balanced_sampler_leaves_a_balanced_split_as_it_was(tmp_path):
+    root = make_image_folder(tmp_path / "images", per_split={"train": 6, "val": 2})
+    plain, balanced = (
+        torch.cat([x for x, _ in datamodule(root, balance=balance).train_dataloader()])
+        for balance in ("none", "sampler")
+    )
+    assert torch.equal(plain, balanced)  # the same images, in the same order, with the same crops
+
+
 def test_an_unknown_balance_names_the_key(tmp_path):
     with pytest.raises(DataError, match="data.balance"):
         datamodule(imbalanced_folder(tmp_path / "images"), balance="oversample")

@@ -363,11 +363,11 @@ def epoch_order(labels: torch.Tensor, generator: torch.Generator, balanced: bool
     """The indices one training epoch visits, drawn from the epoch's generator: a permutation, or
     (`balanced`, data.balance=sampler) as many draws with replacement, each class equally likely — what
     torch's WeightedRandomSampler draws with inverse class-frequency weights, but seeded per epoch so a
-    resumed run draws the same."""
+    resumed run draws the same. Where every class has as many images, a permutation already is balanced."""
     n = len(labels)
-    if not balanced:
+    counts = torch.bincount(labels) if balanced else None
+    if counts is None or bool((counts[counts > 0] == counts.max()).all()):
         return torch.randperm(n, generator=generator, device=labels.device)
-    counts = torch.bincount(labels)
     weights = (1.0 / counts.clamp(min=1).double())[labels]
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
