@@ -48,7 +48,7 @@ def test_loss_weights_are_inverse_class_frequency_with_mean_one(tmp_path):
     dm = datamodule(imbalanced_folder(tmp_path / "images"), balance="loss")
     # 18 cats, 2 dogs: inverse frequencies 1/18 and 1/2, whose mean is 5/18.
     assert dm.class_weights() == pytest.approx([0.2, 1.8])
-    assert datamodule(tmp_path / "images").class_weights() is None  # balance=none
+    assert datamodule(tmp_path / "images", balance="none").class_weights() is None
     balanced = make_image_folder(tmp_path / "balanced", per_split={"train": 6, "val": 2})
     assert datamodule(balanced, balance="loss").class_weights() is None  # nothing to weight: the plain loss
 

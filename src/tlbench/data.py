@@ -97,7 +97,7 @@ class ImageDataModule(L.LightningDataModule):
         folds: int | None = None,
         fold: int = 0,
         test_fraction: float | None = None,
-        balance: str = "none",
+        balance: str = "sampler",
         seed: int = 0,
         run_dir: str | None = None,
     ):
