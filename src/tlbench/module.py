@@ -107,7 +107,7 @@ def decide(probabilities: torch.Tensor, threshold: float | None, positive_class:
 
 def youden_threshold(roc: BinaryROC) -> float:
     """The threshold that maximises Youden's J = sensitivity + specificity - 1 on the collected ROC (the
-    highest such threshold on a tie); 0.5 where the split lacks one of the classes."""
+    highest such threshold on a tie); 0.5 where no threshold beats chance (e.g. a split with one class)."""
     fpr, tpr, thresholds = roc.compute()
     j = torch.nan_to_num(tpr - fpr, nan=-1.0)
     if j.max() <= 0:
