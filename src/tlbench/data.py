@@ -34,9 +34,12 @@ from tlbench.pipelines import (
 )
 from tlbench.sources import (
     SPLITS,
+    TEST_CARVED,
+    TEST_IS_VAL,
     DataError,
     LabelledItems,
     SourceData,
+    carve_test_split,
     check_folds,
     cross_validation_pool,
     fold_of_each,
@@ -46,6 +49,8 @@ from tlbench.sources import (
 )
 
 log = logging.getLogger(__name__)
+# data.balance: how a training split whose classes differ in size is shown to the network.
+BALANCE = ("none", "loss", "sampler")
 __all__ = ["ImageDataModule", "eval_transform", "train_transform", "with_image_size", "default_cache_dir"]
 
 
@@ -93,6 +98,8 @@ class ImageDataModule(L.LightningDataModule):
         cache_dir: str | None = "auto",
         folds: int | None = None,
         fold: int = 0,
+        test_fraction: float | None = None,
+        balance: str = "sampler",
         seed: int = 0,
         run_dir: str | None = None,
     ):
@@ -105,6 +112,8 @@ class ImageDataModule(L.LightningDataModule):
             raise DataError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
         if batch_size < 1:
             raise DataError(f"data.batch_size must be at least 1, got {batch_size}")
+        if balance not in BALANCE:
+            raise DataError(f"data.balance must be one of {', '.join(BALANCE)}, got {balance!r}")
         if pipeline not in PIPELINES:
             raise DataError(f"data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         check_folds(folds, fold)
@@ -118,6 +127,7 @@ class ImageDataModule(L.LightningDataModule):
         self.per_class, self.val_per_class = per_class, val_per_class
         self.val_fraction, self.seed = val_fraction, seed
         self.folds, self.fold = folds, fold
+        self.test_fraction, self.balance = test_fraction, balance
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.train_crop_scale, self.hflip, self.augment = tuple(train_crop_scale), hflip, augment
@@ -134,6 +144,7 @@ class ImageDataModule(L.LightningDataModule):
             cache_dir=default_cache_dir(cache_dir),
             memory_max_gb=memory_max_gb,
             augment=augment,
+            balanced_sampler=balance == "sampler",
         )
         self.pipeline: StreamingPipeline | MemoryPipeline | FeaturePipeline | None = None
         self.data: SourceData | None = None
@@ -163,6 +174,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.data is not None:
             return
         data = load_source(self.source, self.root, self.val_fraction, self.seed, self.in_chans, self.download)
+        # Before k-fold and subsets: the carved test images are never trained or validated on.
+        carve_test_split(data, self.test_fraction, self.seed)
         if self.folds is not None:
             self.cross_validate(data)
         for note in data.notes:
@@ -181,6 +194,8 @@ class ImageDataModule(L.LightningDataModule):
         check_every_class_is_present(data, self.root or self.source)
         if self.per_class is not None:
             self.save_record("subset.json", data.splits["train"], per_class=self.per_class)
+        if data.test_split == TEST_CARVED:
+            self.save_record("test_split.json", data.splits["test"], test_fraction=self.test_fraction)
         self.data = data
         log.info("data pipeline: %s", self.pipeline.name)
 
@@ -190,11 +205,12 @@ class ImageDataModule(L.LightningDataModule):
         pool = cross_validation_pool(data)
         assignment = fold_of_each(pool, self.folds, self.seed)
         data.splits["train"], data.splits["val"] = split_by_fold(pool, assignment, self.fold)
-        if data.test_split == "val":
+        if data.test_split == TEST_IS_VAL:
             data.splits["test"] = data.splits["val"]
         data.notes.append(
             f"k-fold: train and val pooled ({len(pool)} images) into {self.folds} seeded stratified folds; "
-            f"fold {self.fold} validates" + (", and is the test split" if data.test_split == "val" else "")
+            f"fold {self.fold} validates"
+            + (", and is the test split" if data.test_split == TEST_IS_VAL else "")
         )
         self.save_record("folds.json", pool, folds=self.folds, fold=self.fold, fold_of_item=assignment)
 
@@ -265,6 +281,18 @@ class ImageDataModule(L.LightningDataModule):
         if self.trainer is None:
             return 0
         return self.trainer.fit_loop.epoch_progress.current.processed
+
+    def class_weights(self) -> list[float] | None:
+        """data.balance=loss: cross-entropy weights from the training split's class counts, inverse frequency
+        normalised to mean 1 (so the loss keeps its scale and the learning rates their meaning); else None,
+        also where every class has as many images (weights of 1 would only add rounding)."""
+        if self.balance != "loss":
+            return None
+        counts = torch.bincount(self.labels("train"), minlength=self.num_classes).double()
+        if bool((counts == counts[0]).all()):
+            return None
+        inverse = 1.0 / counts
+        return (inverse / inverse.mean()).tolist()
 
     def labels(self, split: str) -> torch.Tensor:
         """The class of each image of `split`, in dataset order."""

@@ -39,10 +39,11 @@ class FeatureLoader:
         seed: int,
         epoch_of: Callable[[], int],
         new_view_each_epoch: bool,
+        balanced: bool = False,
     ):
         self.images, self.labels, self.embed = images, labels, embed
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch_of, self.new_view_each_epoch = epoch_of, new_view_each_epoch
+        self.epoch_of, self.new_view_each_epoch, self.balanced = epoch_of, new_view_each_epoch, balanced
         self.features: torch.Tensor | None = None
         self.epoch: int | None = None
 
@@ -58,7 +59,13 @@ class FeatureLoader:
             self.labels = self.labels.to(self.features.device)
             self.epoch = epoch
         batches = InMemoryLoader(
-            self.features, self.labels, self.batch_size, self.shuffle, seed=self.seed, epoch_of=lambda: epoch
+            self.features,
+            self.labels,
+            self.batch_size,
+            self.shuffle,
+            seed=self.seed,
+            epoch_of=lambda: epoch,
+            balanced=self.balanced,
         )
         yield from batches
 
@@ -97,4 +104,5 @@ class FeaturePipeline:
             self.seed,
             epoch_of,
             new_view_each_epoch=split == "train" and self.augmented,
+            balanced=split == "train" and self.images.settings.balanced_sampler,
         )

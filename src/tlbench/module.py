@@ -18,11 +18,13 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAUROC,
     BinaryRecall,
+    BinaryROC,
     BinarySpecificity,
     MulticlassAccuracy,
     MulticlassCalibrationError,
     MulticlassF1Score,
 )
+from torchmetrics.functional.classification import binary_recall, binary_specificity, multiclass_accuracy
 
 from tlbench.backbones import Preset, build_backbone
 from tlbench.recipes import batch_mixing
@@ -81,6 +83,8 @@ def with_defaults(values: dict | None, defaults: dict, key: str) -> dict:
 def classification_metrics(num_classes: int) -> MetricCollection:
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
+        # Mean per-class recall: what accuracy would be if every class were equally common.
+        "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
         "f1_macro": MulticlassF1Score(num_classes, average="macro"),
         # Expected calibration error (15 equal-width bins, L1): how far confidence is from accuracy.
         "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1"),
@@ -97,9 +101,41 @@ def binary_metrics() -> MetricCollection:
     )
 
 
+def decide(probabilities: torch.Tensor, threshold: float | None, positive_class: int = 1) -> torch.Tensor:
+    """The predicted class of each row: the most probable one, or for two classes with a decision threshold,
+    the positive class where its probability is at least the threshold."""
+    if threshold is None or probabilities.shape[1] != 2:
+        return probabilities.argmax(dim=1)
+    positive = probabilities[:, positive_class] >= threshold
+    return torch.where(positive, positive_class, 1 - positive_class)
+
+
+def youden_threshold(roc: BinaryROC) -> float:
+    """The threshold that maximises Youden's J = sensitivity + specificity - 1 on the collected ROC (the
+    highest such threshold on a tie); 0.5 where no threshold beats chance (e.g. a split with one class)."""
+    fpr, tpr, thresholds = roc.compute()
+    j = torch.nan_to_num(tpr - fpr, nan=-1.0)
+    if j.max() <= 0:
+        return 0.5
+    return float(thresholds[int(j.argmax())].clamp(0.0, 1.0))
+
+
 def preset_from_dict(values: dict) -> Preset:
     """Checkpoints store lists; Preset holds tuples (it is hashable and compared by value)."""
     return Preset(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+
+
+def check_threshold_rule(rule: str | float) -> str | float:
+    """data.threshold: `youden` or a probability."""
+    if rule == "youden":
+        return rule
+    try:
+        value = float(rule)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"data.threshold must be youden or a probability between 0 and 1, got {rule!r}")
+    return value
 
 
 class TransferModule(L.LightningModule):
@@ -113,6 +149,9 @@ class TransferModule(L.LightningModule):
         class_names: list[str] | None = None,
         positive_class: int = 1,
         preset: dict | None = None,
+        class_weights: list[float] | None = None,
+        threshold_rule: str | float = "youden",
+        threshold: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -146,6 +185,17 @@ class TransferModule(L.LightningModule):
 
         self.num_classes = num_classes
         self.positive_class = positive_class
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
+        # data.balance=loss; not persistent: the hyper-parameters already carry the weights.
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.threshold_rule = check_threshold_rule(threshold_rule)
+        # Two classes: the decision threshold on the positive class probability, chosen on validation
+        # (on_validation_epoch_end) and saved in the checkpoint's hyper-parameters.
+        self.threshold = threshold
+        if self.threshold is None and not isinstance(self.threshold_rule, str) and num_classes == 2:
+            self.threshold = self.threshold_rule
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
@@ -154,6 +204,7 @@ class TransferModule(L.LightningModule):
         if num_classes == 2:
             self.val_binary = binary_metrics().clone(prefix="val/")
             self.test_binary = binary_metrics().clone(prefix="test/")
+            self.val_roc = BinaryROC()
         self.test_per_class_result: dict[str, float] = {}
         self.graphed: GraphedForwardBackward | None = None
         # Softmax probabilities and targets of the last test pass, in loader order (predictions.csv).
@@ -233,7 +284,9 @@ class TransferModule(L.LightningModule):
 
     def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Class indices, or one probability row per image (mixup / cutmix): cross-entropy takes both."""
-        return F.cross_entropy(logits, targets, label_smoothing=self.optim["label_smoothing"])
+        return F.cross_entropy(
+            logits, targets, weight=self.class_weights, label_smoothing=self.optim["label_smoothing"]
+        )
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -268,7 +321,10 @@ class TransferModule(L.LightningModule):
         getattr(self, f"{stage}_per_class").update(logits, targets)
         if self.num_classes == 2:
             positive_prob = probs[:, self.positive_class]
-            getattr(self, f"{stage}_binary").update(positive_prob, (targets == self.positive_class).long())
+            is_positive = (targets == self.positive_class).long()
+            getattr(self, f"{stage}_binary").update(positive_prob, is_positive)
+            if stage == "val":
+                self.val_roc.update(positive_prob, is_positive)
         return probs
 
     def log_epoch_metrics(self, stage: str) -> dict[str, float]:
@@ -290,6 +346,12 @@ class TransferModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log_epoch_metrics("val")
+        if self.num_classes == 2:
+            # Chosen here, before ModelCheckpoint saves this epoch: each checkpoint holds its own threshold.
+            if self.threshold_rule == "youden":
+                self.threshold = youden_threshold(self.val_roc)
+            self.val_roc.reset()
+            self.log("val/threshold", self.threshold)
 
     def on_test_epoch_start(self) -> None:
         self.test_outputs = []
@@ -300,12 +362,28 @@ class TransferModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_per_class_result = self.log_epoch_metrics("test")
+        if self.test_outputs and self.num_classes == 2 and self.threshold is not None:
+            probs, targets = (torch.cat(parts) for parts in zip(*self.test_outputs, strict=True))
+            self.log_dict(self.metrics_at_threshold(probs, targets))
         if self.test_outputs:
             probs, targets = (
                 torch.cat(parts).cpu().numpy() for parts in zip(*self.test_outputs, strict=True)
             )
             self.test_predictions = (probs, targets)
         self.test_outputs = []
+
+    def metrics_at_threshold(self, probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Test metrics of the decisions at the validation-chosen threshold, beside the 0.5 (argmax) ones."""
+        predicted = decide(probs, self.threshold, self.positive_class)
+        said_positive = (predicted == self.positive_class).long()
+        is_positive = (targets == self.positive_class).long()
+        return {
+            "test/threshold": float(self.threshold),
+            "test/acc@thr": multiclass_accuracy(predicted, targets, 2, average="micro"),
+            "test/balanced_acc@thr": multiclass_accuracy(predicted, targets, 2, average="macro"),
+            "test/sensitivity@thr": binary_recall(said_positive, is_positive),
+            "test/specificity@thr": binary_specificity(said_positive, is_positive),
+        }
 
     # ------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
@@ -342,4 +420,11 @@ class TransferModule(L.LightningModule):
         hparams = copy.deepcopy(dict(checkpoint.get("hyper_parameters", {})))
         if "backbone" in hparams:
             hparams["backbone"] = {**hparams["backbone"], "weights": None, "checkpoint": None}
+        if self.num_classes == 2:
+            hparams["threshold"] = self.threshold
         checkpoint["hyper_parameters"] = hparams
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # trainer.test(ckpt_path=best) loads weights into this module: the threshold must be best's too.
+        if self.num_classes == 2:
+            self.threshold = checkpoint.get("hyper_parameters", {}).get("threshold", self.threshold)

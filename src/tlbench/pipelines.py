@@ -33,6 +33,7 @@ from tlbench.fastdata import (
     cache_file,
     decode_to_uint8,
     epoch_generator,
+    epoch_order,
     file_fingerprint,
     image_sizes,
     load_cached,
@@ -65,6 +66,8 @@ class FeedSettings:
     cache_dir: str | None
     memory_max_gb: float
     augment: str = "crop_flip"  # data.augment (AUGMENT_POLICIES)
+    # data.balance=sampler: training epochs are class-balanced draws instead of permutations.
+    balanced_sampler: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- transforms
@@ -135,17 +138,18 @@ class ImageListDataset(Dataset):
 
 
 class EpochShuffle(Sampler[int]):
-    """A fresh order each epoch, drawn from (seed, epoch): a resumed run sees the order it would have seen."""
+    """A fresh order each epoch, drawn from (seed, epoch): a resumed run sees the order it would have seen.
+    `balanced`: a class-balanced draw of as many samples instead (`epoch_order`)."""
 
-    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int]):
-        self.n, self.seed, self.epoch_of = n, seed, epoch_of
+    def __init__(self, labels: list[int], seed: int, epoch_of: Callable[[], int], balanced: bool = False):
+        self.labels, self.seed, self.epoch_of, self.balanced = torch.tensor(labels), seed, epoch_of, balanced
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.labels)
 
     def __iter__(self) -> Iterator[int]:
         generator = epoch_generator(torch.device("cpu"), self.seed, self.epoch_of())
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(epoch_order(self.labels, generator, self.balanced).tolist())
 
 
 def find_unreadable(files: list[str], cache_dir: str | None) -> dict[str, str]:
@@ -182,6 +186,11 @@ class StreamingPipeline:
         }
         return bad
 
+    def epoch_sampler(self, split: str, epoch_of: Callable[[], int]) -> EpochShuffle:
+        """Seeded per epoch; class-balanced for the train split under data.balance=sampler."""
+        balanced = split == "train" and self.settings.balanced_sampler
+        return EpochShuffle(self.datasets[split].split.targets, self.settings.seed, epoch_of, balanced)
+
     def loader(
         self, split: str, shuffle: bool, batch_size: int, device: torch.device, epoch_of: Callable[[], int]
     ) -> DataLoader:
@@ -189,7 +198,7 @@ class StreamingPipeline:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffle(len(dataset), self.settings.seed, epoch_of) if shuffle else None,
+            sampler=self.epoch_sampler(split, epoch_of) if shuffle else None,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=device.type == "cuda",
@@ -334,4 +343,5 @@ class MemoryPipeline:
             transform=transform,
             seed=self.settings.seed,
             epoch_of=epoch_of,
+            balanced=split == "train" and self.settings.balanced_sampler,
         )

@@ -29,7 +29,7 @@ from tlbench.backbones import Preset, WeightsUnavailableError, build_imagenet_cl
 from tlbench.data import eval_transform
 from tlbench.export import load_checkpoint
 from tlbench.images import BadImageError, read_image
-from tlbench.module import TransferModule
+from tlbench.module import TransferModule, decide
 from tlbench.sources import IMAGE_EXTENSIONS
 
 
@@ -105,10 +105,11 @@ class Prediction:
     probabilities: torch.Tensor | None
     error: str | None = None
 
-    def ranked(self, class_names: list[str], top_k: int) -> list[tuple[str, float]]:
-        """The `top_k` (class name, probability) pairs, most likely first."""
-        values, indices = self.probabilities.topk(min(top_k, len(self.probabilities)))
-        return [(class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+    def ranked(self, model: nn.Module, top_k: int) -> list[tuple[str, float]]:
+        """The `top_k` (class name, probability) pairs, the predicted class first (for a binary checkpoint
+        its saved decision threshold decides, see ranked_classes)."""
+        indices = ranked_classes(model, self.probabilities[None])[0, :top_k].tolist()
+        return [(model.class_names[i], float(self.probabilities[i])) for i in indices]
 
 
 @torch.no_grad()
@@ -142,8 +143,20 @@ def predict(
     for prediction in predict_each(model, paths, batch_size):
         if prediction.error is not None:
             raise BadImageError(f"{prediction.path}: {prediction.error}")
-        ranked.append(prediction.ranked(model.class_names, top_k))
+        ranked.append(prediction.ranked(model, top_k))
     return ranked
+
+
+def ranked_classes(model: nn.Module, probabilities: torch.Tensor) -> torch.Tensor:
+    """Class indices of each row, the predicted class first: for a binary checkpoint its decision threshold
+    (chosen on validation, saved in the checkpoint) decides, so the first class may be the less probable
+    one; otherwise by probability."""
+    if probabilities.shape[1] == 2:
+        predicted = decide(
+            probabilities, getattr(model, "threshold", None), getattr(model, "positive_class", 1)
+        )
+        return torch.stack([predicted, 1 - predicted], dim=1)
+    return probabilities.argsort(dim=1, descending=True)
 
 
 def write_cams(
@@ -254,7 +267,7 @@ def print_predictions(
             failed.add(prediction.path)
             tqdm.write(f"{prediction.path}: unreadable ({prediction.error})")
         else:
-            ranked = prediction.ranked(model.class_names, top_k)
+            ranked = prediction.ranked(model, top_k)
             tqdm.write(f"{prediction.path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked))
     return failed
 

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("imagefolder", "cifar10", "fashion_mnist")
 SPLITS = ("train", "val", "test")
+# What `SourceData.test_split` (and results.json's `test_split`) says the test metrics were measured on.
+TEST_OWN = "test"  # the source's own test split
+TEST_IS_VAL = "val"  # no test split: the validation split, which also chose the checkpoint (optimistic)
+TEST_CARVED = "carved from train"  # data.test_fraction: held out of train, never validated on
 # torchvision's list leaves out GIF, which real folders contain (hymenoptera's imageNotFound.gif).
 IMAGE_EXTENSIONS = tuple(sorted(set(IMG_EXTENSIONS) | {".gif"}))
 # Where Debian's `dataset-fashion-mnist` package puts the original files.
@@ -55,8 +59,9 @@ class SourceData:
     classes: list[str]
     splits: dict[str, LabelledItems]
     read: Callable[[object], Image.Image]
-    # Which split stands in for a missing test split, so results say what "test" means.
-    test_split: str = "test"
+    # Which split the test metrics are measured on (TEST_OWN, TEST_IS_VAL, TEST_CARVED), so results say
+    # what "test" means.
+    test_split: str = TEST_OWN
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,8 +102,16 @@ def to_items(classes: list[str], files: dict[str, list[Path]]) -> LabelledItems:
 
 def stratified_split(split: LabelledItems, fraction: float, seed: int) -> tuple[LabelledItems, LabelledItems]:
     """Seeded per-class split; every class with ≥ 2 images keeps at least one on each side."""
+    keep, held_out = stratified_indices(split, fraction, seed)
+    return split.select(keep), split.select(held_out)
+
+
+def stratified_indices(
+    split: LabelledItems, fraction: float, seed: int, key: str = "data.val_fraction"
+) -> tuple[list[int], list[int]]:
+    """(kept, held-out) indices, sorted, of a seeded per-class split (see `stratified_split`)."""
     if not 0.0 < fraction < 1.0:
-        raise DataError(f"data.val_fraction must be between 0 and 1, got {fraction}")
+        raise DataError(f"{key} must be between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
     keep, held_out = [], []
@@ -108,7 +121,26 @@ def stratified_split(split: LabelledItems, fraction: float, seed: int) -> tuple[
         n_out = min(max(n_out, 1), len(members) - 1) if len(members) >= 2 else 0
         held_out += members[:n_out].tolist()
         keep += members[n_out:].tolist()
-    return split.select(sorted(keep)), split.select(sorted(held_out))
+    return sorted(keep), sorted(held_out)
+
+
+def carve_test_split(data: SourceData, fraction: float | None, seed: int) -> None:
+    """data.test_fraction: a source with no test split gets a seeded, stratified one carved from train
+    (after validation is split off), so the checkpoint is never chosen on the images it is tested on."""
+    if fraction is None:
+        return
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.test_fraction must be between 0 and 1 (or null), got {fraction}")
+    if data.test_split != TEST_IS_VAL:
+        data.notes.append(f"data.test_fraction={fraction} not used: the source has its own test split")
+        return
+    train = data.splits["train"]
+    keep, carved = stratified_indices(train, fraction, seed, key="data.test_fraction")
+    data.splits["train"], data.splits["test"] = train.select(keep), train.select(carved)
+    data.test_split = TEST_CARVED
+    data.notes.append(
+        f"test is a seeded, stratified {fraction:.0%} of train (data.test_fraction), never validated on"
+    )
 
 
 def check_folds(folds: int | None, fold: int) -> None:
@@ -194,10 +226,13 @@ def image_folder_source(root: str | Path, val_fraction: float, seed: int, in_cha
         splits = {}
         splits["train"], splits["val"] = stratified_split(to_items(classes, files), val_fraction, seed)
         notes.append(f"single folder {root}: validation is a seeded {val_fraction:.0%} split")
-    test_split = "test"
+    test_split = TEST_OWN
     if "test" not in splits:
-        splits["test"], test_split = splits["val"], "val"
-        notes.append("no test split: test metrics are measured on the validation split")
+        splits["test"], test_split = splits["val"], TEST_IS_VAL
+        notes.append(
+            "no test split: test metrics are measured on the validation split, which also chooses the "
+            "checkpoint (optimistic); data.test_fraction=0.2 carves a held-out test split from train"
+        )
     if len(classes) < 2:
         raise DataError(f"{root} has {len(classes)} class folder(s); classification needs at least 2")
     return SourceData(classes, splits, ReadFile(in_chans), test_split, notes)

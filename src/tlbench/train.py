@@ -55,7 +55,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 LOGGERS = ("tensorboard", "csv", "none")
 LOG_FOLDERS = {"tensorboard": "tb", "csv": "csv"}
 # Keys of the data config that are not DataModule arguments.
-DATA_ONLY_FOR_MODULE = ("positive_class",)
+DATA_ONLY_FOR_MODULE = ("positive_class", "threshold")
 
 
 def plain(node: Any) -> Any:
@@ -87,6 +87,8 @@ def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule
         class_names=datamodule.classes,
         positive_class=cfg.data.positive_class,
         preset=dataclasses.asdict(datamodule.preset),
+        class_weights=datamodule.class_weights(),
+        threshold_rule=cfg.data.threshold,
     )
 
 
@@ -279,6 +281,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "classes": datamodule.classes,
         "split_sizes": sizes,
         "test_split": datamodule.data.test_split,
+        # Two classes: the best checkpoint's threshold (chosen on val), used by test/*@thr and predict.
+        "threshold": module.threshold,
         "wall_time_s": time.perf_counter() - started,
         "train_images_per_s": cost.images_per_second,
         "pipeline": datamodule.pipeline.name,
