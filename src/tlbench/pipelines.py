@@ -103,28 +103,48 @@ def drop_items(data: SourceData, bad: dict[str, str]) -> None:
 
 # ----------------------------------------------------------------------------------------------- streaming
 class ImageListDataset(Dataset):
+    """Images of one split through a transform. An index may come with a seed, `(index, seed)`
+    (EpochSamples): the random transform then draws from that seed alone, in whichever worker process and
+    whatever came before it, so a resumed epoch sees the crops the uninterrupted run saw."""
+
     def __init__(self, split: LabelledItems, read: Callable, transform: Callable):
         self.split, self.read, self.transform = split, read, transform
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int):
-        return self.transform(self.read(self.split.items[index])), self.split.targets[index]
+    def __getitem__(self, index: int | tuple[int, int]):
+        if isinstance(index, int):
+            return self.transform(self.read(self.split.items[index])), self.split.targets[index]
+        index, seed = index
+        image = self.read(self.split.items[index])
+        # torchvision's transforms draw from torch's global generator: fork it, so the seed stays local.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.split.targets[index]
 
 
-class EpochShuffle(Sampler[int]):
-    """A fresh order each epoch, drawn from (seed, epoch): a resumed run sees the order it would have seen."""
+class EpochSamples(Sampler[tuple[int, int]]):
+    """Each epoch, an order (shuffled or in dataset order) and one augmentation seed per image, all drawn
+    from (seed, epoch): a resumed run sees the order and the crops it would have seen.
 
-    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int]):
-        self.n, self.seed, self.epoch_of = n, seed, epoch_of
+    DataLoader workers cannot do this themselves: they are seeded once when they start (and persist
+    across epochs), so a resumed run's workers would start from a different state than the uninterrupted
+    run's had reached by then.
+    """
+
+    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int], shuffle: bool = True):
+        self.n, self.seed, self.epoch_of, self.shuffle = n, seed, epoch_of, shuffle
 
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = epoch_generator(torch.device("cpu"), self.seed, self.epoch_of())
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator) if self.shuffle else torch.arange(self.n)
+        # Per image, not per position: an image gets the same crop in an epoch whatever the order.
+        seeds = torch.randint(2**62, (self.n,), generator=generator).tolist()
+        return iter([(i, seeds[i]) for i in order.tolist()])
 
 
 def find_unreadable(files: list[str], cache_dir: str | None) -> dict[str, str]:
@@ -165,10 +185,13 @@ class StreamingPipeline:
         self, split: str, shuffle: bool, batch_size: int, device: torch.device, epoch_of: Callable[[], int]
     ) -> DataLoader:
         dataset, workers = self.datasets[split], self.settings.num_workers
+        # Training images are augmented: seeded per (seed, epoch), in dataset order too (cached features).
+        seeded = shuffle or split == "train"
+        sampler = EpochSamples(len(dataset), self.settings.seed, epoch_of, shuffle) if seeded else None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffle(len(dataset), self.settings.seed, epoch_of) if shuffle else None,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=device.type == "cuda",
