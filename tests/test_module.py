@@ -253,3 +253,55 @@ def test_a_resumed_schedule_trains_what_the_uninterrupted_run_trained(
     # weights moves them by up to a fraction of a step (lr 1e-4); a stage that missed an epoch is off by more.
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-4), (name, (a.float() - b.float()).abs().max())
+
+
+class Snapshots(L.Callback):
+    """Copies of the head and a trunk stage at the first batch of each epoch and at each epoch's end."""
+
+    def __init__(self):
+        self.start: dict[int, dict] = {}
+        self.end: dict[int, dict] = {}
+
+    @staticmethod
+    def take(pl_module) -> dict:
+        trunk = pl_module.net.trunk
+        return {
+            "head": pl_module.net.head.weight.detach().clone(),
+            "conv": trunk.layer1[0].conv1.weight.detach().clone(),
+            "bn_mean": trunk.bn1.running_mean.clone(),
+            "stages": list(pl_module.trainable_stages),
+            "bn_training": trunk.bn1.training,
+        }
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.start[trainer.current_epoch] = self.take(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.end[trainer.current_epoch] = self.take(pl_module)
+
+
+def test_lpft_probes_with_the_trunk_fixed_then_fine_tunes_everything_from_that_head(tmp_path):
+    m = module("resnet18", strategy="lpft", lp_epochs=2)
+    initial = Snapshots.take(m)
+    seen = Snapshots()
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        num_sanity_val_steps=0, callbacks=[seen], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(m, tiny_loader(), tiny_loader())
+    everything = [s for s, _ in m.stages]
+    assert [seen.start[e]["stages"] for e in range(3)] == [["head"], ["head"], everything]
+    # The probe: the head learns, the trunk (weights and frozen BatchNorm statistics) stays as it was.
+    assert not torch.equal(seen.end[1]["head"], initial["head"])
+    assert torch.equal(seen.end[1]["conv"], initial["conv"]) and not seen.start[1]["bn_training"]
+    assert torch.equal(seen.end[1]["bn_mean"], initial["bn_mean"])
+    # Fine-tuning starts from the probe's head, and now moves the trunk with BatchNorm in train mode.
+    assert torch.equal(seen.start[2]["head"], seen.end[1]["head"])
+    assert seen.start[2]["bn_training"] and not torch.equal(seen.end[2]["conv"], initial["conv"])
+    assert not torch.equal(seen.end[2]["bn_mean"], initial["bn_mean"])
+
+
+def test_lpft_needs_an_epoch_left_to_fine_tune(tmp_path):
+    with pytest.raises(StrategyError, match="strategy.lp_epochs=2 leaves no epoch of fine-tuning"):
+        fit(module("resnet18", strategy="lpft", lp_epochs=2), tmp_path, epochs=2)

@@ -147,6 +147,33 @@ class EpochSamples(Sampler[tuple[int, int]]):
         return iter([(i, seeds[i]) for i in order.tolist()])
 
 
+class DeferredIterator:
+    """An iterator that starts the real one at the first item asked for."""
+
+    def __init__(self, start: Callable[[], Iterator]):
+        self.start, self.iterator = start, None
+
+    def __iter__(self) -> DeferredIterator:
+        return self
+
+    def __next__(self):
+        if self.iterator is None:
+            self.iterator = self.start()
+        return next(self.iterator)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader whose epoch starts at its first batch, not at `iter()`.
+
+    Worker processes prefetch the sampler's indices as soon as an iterator exists, and Lightning creates
+    the first one while it restores a checkpoint, before the resumed epoch is known: that epoch would get
+    epoch 0's order and crops. Deferred, the sampler reads the epoch when the epoch's first batch is due.
+    """
+
+    def __iter__(self) -> Iterator:
+        return DeferredIterator(super().__iter__)
+
+
 def find_unreadable(files: list[str], cache_dir: str | None) -> dict[str, str]:
     """The bad-image check of the streaming path, remembered per file list: a sweep checks once."""
     path = fingerprint = None
@@ -188,7 +215,7 @@ class StreamingPipeline:
         # Training images are augmented: seeded per (seed, epoch), in dataset order too (cached features).
         seeded = shuffle or split == "train"
         sampler = EpochSamples(len(dataset), self.settings.seed, epoch_of, shuffle) if seeded else None
-        return DataLoader(
+        return EpochLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
