@@ -35,7 +35,6 @@ from tlbench.strategies import (
     build_optimizer,
     build_scheduler,
     count_parameters,
-    initial_trainable_stages,
     parameter_groups,
     resolve_cache_features,
     set_batchnorm_modes,
