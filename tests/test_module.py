@@ -174,3 +174,131 @@ def test_binary_tasks_report_auroc_sensitivity_specificity(tmp_path):
 def test_top5_appears_from_ten_classes():
     assert not any("top5" in k for k in module(num_classes=3).val_metrics.keys())
     assert any("top5" in k for k in module(num_classes=10).val_metrics.keys())
+
+
+def batchnorm_modes(m: TransferModule) -> dict[str, bool]:
+    return {n: x.training for n, x in m.net.named_modules() if isinstance(x, torch.nn.BatchNorm2d)}
+
+
+def test_a_stage_gradual_unfreezes_has_its_batchnorm_in_train_mode_as_under_partial(tmp_path):
+    m = module("resnet18", strategy="gradual", unfreeze_every=1)
+    fit(m, tmp_path, epochs=2)  # epoch 1 unfreezes layer4
+    m.train()  # as during the epoch (Lightning leaves fit with the mode training had)
+    partial = module("resnet18", strategy="partial", train_stages=["layer4"]).train()
+    assert m.trainable_stages == partial.trainable_stages == ["layer4", "head"]
+    assert batchnorm_modes(m) == batchnorm_modes(partial)
+    assert m.net.trunk.layer4[0].bn1.training and not m.net.trunk.layer3[0].bn1.training
+
+
+class TrainingState(L.Callback):
+    """What trains in each epoch, seen from its first batch (after every epoch-start hook); stops the run
+    after `stop_after` epochs, as a kill would (max_epochs, and with it the LR schedule, unchanged)."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.epochs: dict[int, tuple] = {}
+        self.stop_after = stop_after
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 == self.stop_after:
+            trainer.should_stop = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            grads = tuple(n for n, p in pl_module.net.named_parameters() if p.requires_grad)
+            self.epochs[trainer.current_epoch] = (
+                list(pl_module.trainable_stages),
+                grads,
+                batchnorm_modes(pl_module),
+            )
+
+
+def fit_with_checkpoints(m, tmp_path, epochs=5, resume=None, stop_after=None) -> TrainingState:
+    state = TrainingState(stop_after)
+    latest = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+        default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[state, latest], deterministic=True,
+    )  # fmt: skip
+    trainer.fit(m, tiny_loader(), tiny_loader(), ckpt_path=resume, weights_only=True)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options", "stop_after"),
+    [
+        ("gradual", {"unfreeze_every": 2}, 3),
+        ("gradual", {"unfreeze_every": 2}, 2),
+        ("lpft", {"lp_epochs": 2}, 2),
+    ],
+)
+def test_a_resumed_schedule_trains_what_the_uninterrupted_run_trained(
+    tmp_path, strategy, options, stop_after
+):
+    """Stopped after `stop_after` epochs and resumed from last.ckpt: the same stages, gradients, BatchNorm
+    modes each epoch, and the same weights at the end (gradual, unfreeze_every=2, came back head-only)."""
+    torch.manual_seed(0)
+    whole = module("resnet18", strategy=strategy, **options)
+    whole_state = fit_with_checkpoints(whole, tmp_path / "whole")
+
+    torch.manual_seed(0)
+    cut = module("resnet18", strategy=strategy, **options)
+    fit_with_checkpoints(cut, tmp_path / "cut", stop_after=stop_after)
+    resumed = module("resnet18", strategy=strategy, **options)
+    resumed_state = fit_with_checkpoints(resumed, tmp_path / "cut", resume=tmp_path / "cut" / "last.ckpt")
+
+    for epoch in range(stop_after, 5):
+        assert resumed_state.epochs[epoch] == whole_state.epochs[epoch], epoch
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), (name, (a.float() - b.float()).abs().max())
+
+
+class Snapshots(L.Callback):
+    """Copies of the head and a trunk stage at the first batch of each epoch and at each epoch's end."""
+
+    def __init__(self):
+        self.start: dict[int, dict] = {}
+        self.end: dict[int, dict] = {}
+
+    @staticmethod
+    def take(pl_module) -> dict:
+        trunk = pl_module.net.trunk
+        return {
+            "head": pl_module.net.head.weight.detach().clone(),
+            "conv": trunk.layer1[0].conv1.weight.detach().clone(),
+            "bn_mean": trunk.bn1.running_mean.clone(),
+            "stages": list(pl_module.trainable_stages),
+            "bn_training": trunk.bn1.training,
+        }
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.start[trainer.current_epoch] = self.take(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.end[trainer.current_epoch] = self.take(pl_module)
+
+
+def test_lpft_probes_with_the_trunk_fixed_then_fine_tunes_everything_from_that_head(tmp_path):
+    m = module("resnet18", strategy="lpft", lp_epochs=2)
+    initial = Snapshots.take(m)
+    seen = Snapshots()
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        num_sanity_val_steps=0, callbacks=[seen], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(m, tiny_loader(), tiny_loader())
+    everything = [s for s, _ in m.stages]
+    assert [seen.start[e]["stages"] for e in range(3)] == [["head"], ["head"], everything]
+    # The probe: the head learns, the trunk (weights and frozen BatchNorm statistics) stays as it was.
+    assert not torch.equal(seen.end[1]["head"], initial["head"])
+    assert torch.equal(seen.end[1]["conv"], initial["conv"]) and not seen.start[1]["bn_training"]
+    assert torch.equal(seen.end[1]["bn_mean"], initial["bn_mean"])
+    # Fine-tuning starts from the probe's head, and now moves the trunk with BatchNorm in train mode.
+    assert torch.equal(seen.start[2]["head"], seen.end[1]["head"])
+    assert seen.start[2]["bn_training"] and not torch.equal(seen.end[2]["conv"], initial["conv"])
+    assert not torch.equal(seen.end[2]["bn_mean"], initial["bn_mean"])
+
+
+def test_lpft_needs_an_epoch_left_to_fine_tune(tmp_path):
+    with pytest.raises(StrategyError, match="strategy.lp_epochs=2 leaves no epoch of fine-tuning"):
+        fit(module("resnet18", strategy="lpft", lp_epochs=2), tmp_path, epochs=2)

@@ -9,9 +9,10 @@ from tlbench.strategies import (
     build_scheduler,
     initial_trainable_stages,
     parameter_groups,
-    set_frozen_batchnorm_eval,
+    set_batchnorm_modes,
     set_trainable,
     stage_learning_rates,
+    trainable_stages_at,
 )
 
 
@@ -54,6 +55,7 @@ def trainable_prefixes(net: nn.Module) -> set[str]:
         ("partial", ["layer1"], ["layer1", "head"]),
         ("full", None, ["stem", "layer1", "layer2", "layer10", "head"]),
         ("gradual", None, ["head"]),
+        ("lpft", None, ["head"]),
     ],
 )
 def test_initial_trainable_stages(strategy, train_stages, expected):
@@ -76,7 +78,7 @@ def test_an_adapted_input_conv_can_train_in_a_frozen_stem():
 @pytest.mark.parametrize(
     ("strategy", "train_stages", "message"),
     [
-        ("finetune", None, "choose one of: freeze, partial, full, gradual"),
+        ("finetune", None, "choose one of: freeze, partial, full, gradual, lpft"),
         ("partial", ["layer4"], "stem, layer1, layer2, layer10"),
         ("partial", 9, "0..4"),
     ],
@@ -90,7 +92,8 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
     net = ToyNet()
     set_trainable(net, STAGES, ["layer2", "head"])
     net.train()
-    assert set_frozen_batchnorm_eval(net) == 2
+    set_batchnorm_modes(net, "eval")
+    assert [m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == [False, False, True]
     frozen_stats = net.trunk["bn1"].running_mean.clone()
     trunk = net.trunk
     x = torch.randn(4, 3, 12, 12) * 5 + 3
@@ -124,3 +127,49 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert rates[5] > rates[12] > rates[19] > 0
     with pytest.raises(StrategyError, match="cosine, step, none"):
         build_scheduler(optimizer, "linear", 10, 5)
+
+
+def schedule(name: str, epochs: int, **settings) -> list[list[str]]:
+    return [trainable_stages_at(STAGES, {"name": name, **settings}, epoch) for epoch in range(epochs)]
+
+
+def test_gradual_adds_a_stage_from_the_top_every_n_epochs_from_any_start():
+    assert schedule("gradual", 5, train_stages=1, unfreeze_every=2) == [
+        ["layer10", "head"],
+        ["layer10", "head"],
+        ["layer2", "layer10", "head"],
+        ["layer2", "layer10", "head"],
+        ["layer1", "layer2", "layer10", "head"],
+    ]
+
+
+def test_lpft_probes_the_head_for_lp_epochs_then_trains_every_stage():
+    everything = ["stem", "layer1", "layer2", "layer10", "head"]
+    assert schedule("lpft", 4, lp_epochs=2) == [["head"], ["head"], everything, everything]
+    assert schedule("lpft", 1, lp_epochs=0) == [everything]
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "message"),
+    [
+        ("gradual", {"unfreeze_every": 0}, "strategy.unfreeze_every must be a whole number ≥ 1, got 0"),
+        ("gradual", {"unfreeze_every": 1.5}, "strategy.unfreeze_every must be a whole number"),
+        ("lpft", {"lp_epochs": None}, "strategy.lp_epochs must be a whole number ≥ 0, got None"),
+        ("lpft", {"lp_epochs": -1}, "strategy.lp_epochs must be a whole number ≥ 0"),
+    ],
+)
+def test_bad_schedules_are_named(name, settings, message):
+    with pytest.raises(StrategyError, match=message):
+        trainable_stages_at(STAGES, {"name": name, **settings}, 0)
+
+
+def test_a_stage_made_trainable_leaves_the_eval_mode_it_had_while_frozen():
+    net = ToyNet().train()
+    set_trainable(net, STAGES, ["head"])
+    set_batchnorm_modes(net, "eval")
+    assert not net.trunk["layer2"][1].training
+    set_trainable(net, STAGES, ["layer2", "head"])
+    set_batchnorm_modes(net, "eval")
+    assert net.trunk["layer2"][1].training and not net.trunk["layer1"][1].training
+    set_batchnorm_modes(net, "train")
+    assert all(m.training for m in net.modules())

@@ -32,7 +32,7 @@ def generated(tmp_path) -> Path:
 
 
 def test_every_group_has_its_expected_options():
-    assert options("strategy") == ["freeze", "full", "gradual", "partial"]
+    assert options("strategy") == ["freeze", "full", "gradual", "lpft", "partial"]
     assert {
         "resnet18",
         "resnet50",

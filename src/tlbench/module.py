@@ -31,17 +31,19 @@ from tlbench.recipes import batch_mixing
 from tlbench.steps import GraphedForwardBackward, resolve_cuda_graph
 from tlbench.strategies import (
     BN_POLICIES,
-    GradualUnfreezing,
+    HEAD,
+    SCHEDULED,
     StrategyError,
+    TrainableStageSchedule,
     build_optimizer,
     build_scheduler,
     count_parameters,
-    initial_trainable_stages,
     parameter_groups,
     resolve_cache_features,
-    set_frozen_batchnorm_eval,
+    set_batchnorm_modes,
     set_trainable,
     stage_learning_rates,
+    trainable_stages_at,
 )
 
 DEFAULT_STRATEGY = {
@@ -52,6 +54,7 @@ DEFAULT_STRATEGY = {
     "backbone_lr": 1e-4,
     "layer_decay": None,
     "unfreeze_every": 1,
+    "lp_epochs": 2,
     "train_input_conv": True,
     "cache_features": "auto",
 }
@@ -214,20 +217,16 @@ class TransferModule(L.LightningModule):
     # ------------------------------------------------------------------------------------ strategy state
     @property
     def extra_trainable(self) -> list[str]:
-        """An input conv adapted to 1 channel is new to the network, so it trains unless told not to."""
-        if self.input_conv and self.strategy["train_input_conv"] and self.strategy["name"] != "freeze":
+        """An input conv adapted to 1 channel is new to the network, so it trains unless told not to —
+        but not in a linear probe (freeze, lpft's first epochs), where only the head trains."""
+        s = self.strategy
+        linear_probe = s["name"] == "freeze" or (s["name"] == "lpft" and self.trainable_stages == [HEAD])
+        if self.input_conv and s["train_input_conv"] and not linear_probe:
             return [self.input_conv]
         return []
 
     def trainable_stages_at(self, epoch: int) -> list[str]:
-        s = self.strategy
-        stages = initial_trainable_stages(self.stages, s["name"], s["train_stages"])
-        if s["name"] != "gradual":
-            return stages
-        backbone = [name for name, _ in self.stages if name != "head"]
-        frozen_from_top = [name for name in reversed(backbone) if name not in stages]
-        extra = frozen_from_top[: epoch // s["unfreeze_every"]]
-        return [name for name in backbone if name in stages or name in extra] + ["head"]
+        return trainable_stages_at(self.stages, self.strategy, epoch)
 
     def set_trainable_stages(self, names: list[str]) -> None:
         self.trainable_stages = list(names)
@@ -238,8 +237,8 @@ class TransferModule(L.LightningModule):
             self.apply_bn_policy()
 
     def apply_bn_policy(self) -> None:
-        if self.strategy["bn"] == "eval":
-            set_frozen_batchnorm_eval(self.net)
+        """While training: trainable BatchNorm in train mode, frozen BatchNorm as strategy.bn says."""
+        set_batchnorm_modes(self.net, self.strategy["bn"])
 
     def train(self, mode: bool = True):
         # Lightning switches the whole module to train mode each epoch; frozen BatchNorm must stay in eval.
@@ -389,8 +388,8 @@ class TransferModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         s, o = self.strategy, self.optim
         rates = stage_learning_rates(self.stages, s["head_lr"], s["backbone_lr"], s["layer_decay"])
-        # Gradual unfreezing needs every stage's group from the start (see GradualUnfreezing).
-        include = [n for n, _ in self.stages] if s["name"] == "gradual" else self.trainable_stages
+        # A schedule of trainable stages needs every stage's group from the start (TrainableStageSchedule).
+        include = [n for n, _ in self.stages] if s["name"] in SCHEDULED else self.trainable_stages
         groups = parameter_groups(
             self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable
         )
@@ -411,8 +410,8 @@ class TransferModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        if self.strategy["name"] == "gradual":
-            return [GradualUnfreezing(self.strategy["unfreeze_every"])]
+        if self.strategy["name"] in SCHEDULED:
+            return [TrainableStageSchedule()]
         return []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -127,29 +127,85 @@ def drop_items(data: SourceData, bad: dict[str, str]) -> None:
 
 # ----------------------------------------------------------------------------------------------- streaming
 class ImageListDataset(Dataset):
+    """Images of one split through a transform. An index may come with a seed, `(index, seed)`
+    (EpochSamples): the random transform then draws from that seed alone, in whichever worker process and
+    whatever came before it, so a resumed epoch sees the crops the uninterrupted run saw."""
+
     def __init__(self, split: LabelledItems, read: Callable, transform: Callable):
         self.split, self.read, self.transform = split, read, transform
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int):
-        return self.transform(self.read(self.split.items[index])), self.split.targets[index]
+    def __getitem__(self, index: int | tuple[int, int]):
+        if isinstance(index, int):
+            return self.transform(self.read(self.split.items[index])), self.split.targets[index]
+        index, seed = index
+        image = self.read(self.split.items[index])
+        # torchvision's transforms draw from torch's global generator: fork it, so the seed stays local.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.split.targets[index]
 
 
-class EpochShuffle(Sampler[int]):
-    """A fresh order each epoch, drawn from (seed, epoch): a resumed run sees the order it would have seen.
-    `balanced`: a class-balanced draw of as many samples instead (`epoch_order`)."""
+class EpochSamples(Sampler[tuple[int, int]]):
+    """Each epoch, an order and one augmentation seed per image, all drawn from (seed, epoch): a resumed run
+    sees the order and the crops it would have seen. The order is shuffled (`epoch_order`; a class-balanced
+    draw when `balanced`, data.balance=sampler) or, with `shuffle=False`, dataset order.
 
-    def __init__(self, labels: list[int], seed: int, epoch_of: Callable[[], int], balanced: bool = False):
-        self.labels, self.seed, self.epoch_of, self.balanced = torch.tensor(labels), seed, epoch_of, balanced
+    DataLoader workers cannot do this themselves: they are seeded once when they start (and persist
+    across epochs), so a resumed run's workers would start from a different state than the uninterrupted
+    run's had reached by then.
+    """
+
+    def __init__(
+        self,
+        labels: list[int],
+        seed: int,
+        epoch_of: Callable[[], int],
+        shuffle: bool = True,
+        balanced: bool = False,
+    ):
+        self.labels, self.seed, self.epoch_of = torch.tensor(labels), seed, epoch_of
+        self.shuffle, self.balanced = shuffle, balanced
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = epoch_generator(torch.device("cpu"), self.seed, self.epoch_of())
-        return iter(epoch_order(self.labels, generator, self.balanced).tolist())
+        n = len(self.labels)
+        order = epoch_order(self.labels, generator, self.balanced) if self.shuffle else torch.arange(n)
+        # Per image, not per position: an image gets the same crop in an epoch whatever the order.
+        seeds = torch.randint(2**62, (n,), generator=generator).tolist()
+        return iter([(i, seeds[i]) for i in order.tolist()])
+
+
+class DeferredIterator:
+    """An iterator that starts the real one at the first item asked for."""
+
+    def __init__(self, start: Callable[[], Iterator]):
+        self.start, self.iterator = start, None
+
+    def __iter__(self) -> DeferredIterator:
+        return self
+
+    def __next__(self):
+        if self.iterator is None:
+            self.iterator = self.start()
+        return next(self.iterator)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader whose epoch starts at its first batch, not at `iter()`.
+
+    Worker processes prefetch the sampler's indices as soon as an iterator exists, and Lightning creates
+    the first one while it restores a checkpoint, before the resumed epoch is known: that epoch would get
+    epoch 0's order and crops. Deferred, the sampler reads the epoch when the epoch's first batch is due.
+    """
+
+    def __iter__(self) -> Iterator:
+        return DeferredIterator(super().__iter__)
 
 
 def find_unreadable(files: list[str], cache_dir: str | None) -> dict[str, str]:
@@ -186,19 +242,19 @@ class StreamingPipeline:
         }
         return bad
 
-    def epoch_sampler(self, split: str, epoch_of: Callable[[], int]) -> EpochShuffle:
-        """Seeded per epoch; class-balanced for the train split under data.balance=sampler."""
-        balanced = split == "train" and self.settings.balanced_sampler
-        return EpochShuffle(self.datasets[split].split.targets, self.settings.seed, epoch_of, balanced)
-
     def loader(
         self, split: str, shuffle: bool, batch_size: int, device: torch.device, epoch_of: Callable[[], int]
     ) -> DataLoader:
         dataset, workers = self.datasets[split], self.settings.num_workers
-        return DataLoader(
+        # Training images are augmented: seeded per (seed, epoch), in dataset order too (cached features).
+        seeded = shuffle or split == "train"
+        balanced = split == "train" and self.settings.balanced_sampler  # data.balance=sampler
+        targets = dataset.split.targets
+        sampler = EpochSamples(targets, self.settings.seed, epoch_of, shuffle, balanced) if seeded else None
+        return EpochLoader(
             dataset,
             batch_size=batch_size,
-            sampler=self.epoch_sampler(split, epoch_of) if shuffle else None,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=device.type == "cuda",

@@ -7,6 +7,10 @@ architecture. A strategy is four numbers and a name:
   partial  the last K stages + head, or a named list such as [layer3, layer4]
   full     every stage
   gradual  head first, then one more stage from the top every `unfreeze_every` epochs
+  lpft     head only for `lp_epochs` epochs (a linear probe), then every stage (Kumar et al., 2022)
+
+gradual and lpft change their trainable stages with the epoch. Which stages train is a function of the
+epoch alone (`trainable_stages_at`), so a run resumed at any epoch trains what the uninterrupted run trained.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("freeze", "partial", "full", "gradual")
+STRATEGIES = ("freeze", "partial", "full", "gradual", "lpft")
+# Their trainable stages change with the epoch: every stage has its optimizer groups from the first step.
+SCHEDULED = ("gradual", "lpft")
 BN_POLICIES = ("eval", "train")
 HEAD = "head"
 
@@ -55,7 +61,7 @@ def initial_trainable_stages(
     if strategy not in STRATEGIES:
         raise StrategyError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     backbone = backbone_stage_names(stages)
-    if strategy == "freeze":
+    if strategy in ("freeze", "lpft"):
         return [HEAD]
     if strategy == "full":
         return backbone + [HEAD]
@@ -79,6 +85,28 @@ def initial_trainable_stages(
             f"its stages, stem to top: {', '.join(backbone)}"
         )
     return [s for s in backbone if s in train_stages] + [HEAD]
+
+
+def whole_number(key: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StrategyError(f"strategy.{key} must be a whole number ≥ {minimum}, got {value!r}")
+    return value
+
+
+def trainable_stages_at(stages: Stages, strategy: dict, epoch: int) -> list[str]:
+    """The stages that train during `epoch` (0-based), head included: a function of the epoch only, so a
+    resumed run recomputes exactly what the uninterrupted run had at that epoch."""
+    name = strategy["name"]
+    initial = initial_trainable_stages(stages, name, strategy.get("train_stages"))
+    backbone = backbone_stage_names(stages)
+    if name == "lpft":
+        probing = epoch < whole_number("lp_epochs", strategy.get("lp_epochs"), minimum=0)
+        return [HEAD] if probing else backbone + [HEAD]
+    if name != "gradual":
+        return initial
+    frozen_from_top = [stage for stage in reversed(backbone) if stage not in initial]
+    unfrozen = frozen_from_top[: epoch // whole_number("unfreeze_every", strategy.get("unfreeze_every"), 1)]
+    return [stage for stage in backbone if stage in initial or stage in unfrozen] + [HEAD]
 
 
 def resolve_cache_features(strategy: dict) -> bool:
@@ -106,19 +134,24 @@ def set_trainable(
         param.requires_grad = stage_of(name, stages) in trainable or any(in_prefix(name, p) for p in extra)
 
 
-def set_frozen_batchnorm_eval(net: nn.Module) -> int:
-    """Frozen BatchNorm keeps its ImageNet running statistics: a frozen layer must not drift with the batch.
+def is_frozen(module: nn.Module) -> bool | None:
+    """None for a module without parameters (an affine-free BatchNorm): neither frozen nor trainable."""
+    params = list(module.parameters())
+    return not any(p.requires_grad for p in params) if params else None
 
-    Returns how many BatchNorm layers were put in eval mode.
+
+def set_batchnorm_modes(net: nn.Module, policy: str) -> None:
+    """Training-time BatchNorm modes: a trainable BatchNorm follows the batch (train mode), whichever
+    strategy made it trainable; a frozen one keeps its running statistics (eval) under policy `eval`.
+
+    Setting both directions matters when the trainable set changes mid-run: a stage that gradual
+    unfreezing (or lpft's switch) makes trainable must leave the eval mode it had while frozen.
     """
-    frozen = 0
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
-                module.eval()
-                frozen += 1
-    return frozen
+            frozen = is_frozen(module)
+            if frozen is not None:
+                module.train(not (frozen and policy == "eval"))
 
 
 def count_parameters(net: nn.Module) -> tuple[int, int]:
@@ -217,25 +250,39 @@ def build_scheduler(
     return {"scheduler": scheduler, "interval": "step"}
 
 
-class GradualUnfreezing(L.Callback):
-    """Every `every` epochs, the next frozen stage from the top starts training.
+class TrainableStageSchedule(L.Callback):
+    """Before every epoch trains, the module trains the stages its strategy names for that epoch
+    (gradual: one more stage from the top every `unfreeze_every` epochs; lpft: all after `lp_epochs`).
 
-    Its optimizer groups exist from the start with their own learning rates (so the scheduler shapes them
-    like every other group); while a stage is frozen its parameters have no gradient and the optimizer
-    skips them, so unfreezing is exactly "adding it to the optimizer" at that epoch.
+    Every epoch, not only where the schedule changes, and once more when training (re)starts: a run
+    resumed from a checkpoint is built with epoch 0's stages, whatever epoch it stopped in, and Lightning
+    does not call `on_train_epoch_start` for an epoch it resumes in the middle of.
+    The optimizer groups of every stage exist from the start with their own learning rates (so the
+    scheduler shapes them like every other group, and a checkpoint's optimizer state always fits); while
+    a stage is frozen its parameters have no gradient and the optimizer skips them, so unfreezing is
+    exactly "adding it to the optimizer" at that epoch.
     """
 
-    def __init__(self, every: int):
-        if every < 1:
-            raise StrategyError(f"strategy.unfreeze_every must be ≥ 1 epoch, got {every}")
-        self.every = every
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        strategy, epochs = pl_module.strategy, trainer.max_epochs
+        if strategy["name"] == "lpft" and epochs is not None and 0 < epochs <= strategy["lp_epochs"]:
+            raise StrategyError(
+                f"strategy.lp_epochs={strategy['lp_epochs']} leaves no epoch of fine-tuning in "
+                f"trainer.max_epochs={epochs}; use strategy.lp_epochs < {epochs} (or strategy=freeze)"
+            )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.follow_schedule(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        epoch = trainer.current_epoch
-        if epoch == 0 or epoch % self.every:
-            return
+        self.follow_schedule(trainer, pl_module)
+
+    @staticmethod
+    def follow_schedule(trainer: L.Trainer, pl_module) -> None:
+        # The epoch about to train, as the data side counts it (samplers get the same number).
+        epoch = trainer.fit_loop.epoch_progress.current.processed
         target = pl_module.trainable_stages_at(epoch)
-        newly = [s for s in target if s not in pl_module.trainable_stages]
-        if newly:
+        if target != pl_module.trainable_stages:
+            newly = [s for s in target if s not in pl_module.trainable_stages]
             pl_module.set_trainable_stages(target)
-            log.info("epoch %d: unfreezing %s", epoch, ", ".join(newly))
+            log.info("epoch %d: training %s (newly: %s)", epoch, ", ".join(target), ", ".join(newly) or "-")
