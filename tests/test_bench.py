@@ -75,3 +75,40 @@ def test_fast_path_overrides_are_in_one_place(bench, tmp_path):
     assert "backbone.weights=null" in overrides  # nothing but Lite0 has weights offline
     partial = bench.tlbench_overrides(tmp_path, "efficientnet_lite0", "partial", bench.QUICK, tmp_path)
     assert not any(o.startswith("strategy.cache_features") for o in partial)
+
+
+# --------------------------------------------------------------------------- benchmarks/ablation.py (issue 9)
+@pytest.fixture(scope="module")
+def ablation(bench):
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["ablation"]
+
+
+def test_every_ablation_variant_composes_into_the_config_it_names(ablation, tmp_path):
+    """Each row changes what its overrides say, through the config `python -m tlbench.train` reads."""
+    from tlbench.train import compose_config
+
+    s = ablation.Setting(data=str(tmp_path))
+    for v in ablation.VARIANTS:
+        overrides = ablation.product_overrides(tmp_path, s, v, seed=3, cache_dir=tmp_path / "decoded")
+        cfg = compose_config(overrides)
+        assert cfg.seed == 3 and cfg.strategy.name == v.strategy
+        assert cfg.trainer.max_epochs == (2 * s.epochs if v.key == "epochs_x2" else s.epochs)
+    cfg = compose_config(ablation.product_overrides(tmp_path, s, ablation.BY_KEY["test_last"], 0, tmp_path))
+    assert cfg.trainer.monitor == "step"  # ModelCheckpoint(mode=max) on the step: the last epoch is tested
+
+
+def test_ablation_preset_patch_applies_for_one_run_only(ablation):
+    import tlbench.train
+
+    original = tlbench.train.get_preset
+    with ablation.preset_patched(ablation.BY_KEY["notebook_preprocessing"].preset) as used:
+        preset = tlbench.train.get_preset("efficientnet_lite0", "imagenet", 3)
+    assert preset.mean == (0.485, 0.456, 0.406) and preset.interpolation == "bilinear"
+    assert used["preset"]["std"] == (0.229, 0.224, 0.225)
+    assert tlbench.train.get_preset is original
+    assert original("efficientnet_lite0", "imagenet", 3).mean == (0.5, 0.5, 0.5)  # Lite0's own statistics
