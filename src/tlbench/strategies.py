@@ -265,7 +265,14 @@ class TrainableStageSchedule(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         strategy, epochs = pl_module.strategy, trainer.max_epochs
-        if strategy["name"] == "lpft" and epochs is not None and 0 < epochs <= strategy["lp_epochs"]:
+        # fast_dev_run is a smoke test of the code path (one batch), not a schedule: never refused.
+        smoke = bool(trainer.fast_dev_run)
+        if (
+            strategy["name"] == "lpft"
+            and not smoke
+            and epochs is not None
+            and 0 < epochs <= strategy["lp_epochs"]
+        ):
             raise StrategyError(
                 f"strategy.lp_epochs={strategy['lp_epochs']} leaves no epoch of fine-tuning in "
                 f"trainer.max_epochs={epochs}; use strategy.lp_epochs < {epochs} (or strategy=freeze)"
