@@ -70,20 +70,29 @@ def exit_status(signum: int) -> int:
 # --- claims: one live process per run folder ------------------------------------------------------------
 
 
+def try_lock(path: Path, mode: str = "a") -> IO | None:
+    """An open handle holding an exclusive flock on `path`, or None when another process holds it. The
+    lock lasts until the handle is closed or the process ends (run-folder claims, GPU claims)."""
+    import fcntl  # POSIX only
+
+    handle = path.open(mode)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def claim_run(run_dir: str | Path) -> IO | None:
     """Take the run folder for this process: an exclusive flock on <run_dir>/claim.lock, held until the
     handle is closed. The operating system drops it when the process ends however it ends, so a crashed
     holder never leaves a stale claim (on a local disk; NFS locks depend on the server). Returns None
     when another process holds it."""
-    import fcntl  # POSIX
-
     path = Path(run_dir) / CLAIM_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+    handle = try_lock(path, "a+")
+    if handle is None:
         return None
     handle.seek(0)
     handle.truncate()

@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tlbench.runs import ERROR_FILE, INTERRUPTED_FILE
+from tlbench.runs import ERROR_FILE, INTERRUPTED_FILE, try_lock
 
 if TYPE_CHECKING:
     from tlbench import report
@@ -98,18 +98,6 @@ def gpu_candidates(job_num: int, n_gpus: int) -> list[int]:
     return [(first + i) % n_gpus for i in range(n_gpus)]
 
 
-def _lock(path: Path) -> IO | None:
-    import fcntl  # POSIX only; GPUs are pinned only under the joblib launcher
-
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
 def claim_gpu(job_num: int, devices: list[str], lock_dir: Path = GPU_LOCK_DIR) -> tuple[str, IO | None]:
     """Take the first free GPU among `devices` in `gpu_candidates` order. A GPU is taken while a live
     process holds the lock on `lock_dir/gpu-<id>.lock`; the operating system drops the lock when that
@@ -117,7 +105,7 @@ def claim_gpu(job_num: int, devices: list[str], lock_dir: Path = GPU_LOCK_DIR) -
     lock_dir.mkdir(parents=True, exist_ok=True)
     order = [devices[i] for i in gpu_candidates(job_num, len(devices))]
     for device in order:
-        handle = _lock(lock_dir / f"gpu-{device}.lock")
+        handle = try_lock(lock_dir / f"gpu-{device}.lock")
         if handle is not None:
             return device, handle
     log.warning(
