@@ -16,6 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from tlbench.backbones import IN_CHANS_MODES, get_preset
+from tlbench.data import BALANCE
+from tlbench.module import check_threshold_rule
 from tlbench.pipelines import PIPELINES
 from tlbench.recipes import check_recipes
 from tlbench.sources import SOURCES, DataError, check_folds
@@ -108,6 +110,12 @@ def check_data(data: DictConfig) -> None:
     check_name("data.pipeline", data.pipeline, PIPELINES)
     check_number("data.memory_max_gb", data.memory_max_gb, above=0.0)
     check_int("data.positive_class", data.positive_class, minimum=0)
+    check_name("data.balance", data.get("balance", "sampler"), BALANCE)
+    try:
+        check_threshold_rule(data.get("threshold", "youden"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    check_number("data.test_fraction", data.get("test_fraction"), above=0.0, below=1.0, optional=True)
 
 
 def check_backbone(backbone: DictConfig, in_chans: int) -> None:
@@ -136,6 +144,7 @@ def check_strategy(strategy: DictConfig) -> None:
     check_int(
         "strategy.unfreeze_every", strategy.unfreeze_every, minimum=1, optional=strategy.name != "gradual"
     )
+    check_int("strategy.lp_epochs", strategy.get("lp_epochs"), minimum=0, optional=strategy.name != "lpft")
     check_train_stages(strategy.train_stages)
     check_bool("strategy.train_input_conv", strategy.train_input_conv)
     check_name(
