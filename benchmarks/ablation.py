@@ -4,7 +4,7 @@ On the images of bench.py (an ImageFolder of symlinks: the notebook's train subs
 few other train images that only tlbench validates on), it runs
   - the seed notebook's loop (benchmarks/notebook_loop.py, bugs included) for the strategies asked for,
     seeded per strategy and seed;
-  - tlbench's product path, `tlbench.train.run(overrides)` (what `python -m tlbench.train` runs), once for
+  - tlbench's product path, `tlbench.run.train.run(overrides)` (what `python -m tlbench.train` runs), once for
     its defaults and once per variant: the defaults with one factor changed towards the notebook's recipe
     (or away from it), for each seed.
 It prints a markdown table (factor, setting, test acc ± the binomial noise of the test set, Δ vs tlbench's
@@ -15,8 +15,8 @@ and `--resume` skips them.
     python benchmarks/ablation.py --variants default,imagenet_stats --seeds 0,1 --out x.json
 
 Two factors are not config values, so the variant changes them from outside and says so in its setting:
-the preprocessing statistics and interpolation (the backbone's preset, from `tlbench.backbones`), patched
-into `tlbench.train.get_preset` for that run only.
+the preprocessing statistics and interpolation (the backbone's preset, `tlbench.models.backbones`), patched
+into `tlbench.run.train.get_preset` for that run only.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import tlbench.train
+import tlbench.run.train
 
 HERE = Path(__file__).resolve().parent
 IMAGENET_STATS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -183,20 +183,20 @@ def run_notebook_strategy(root: Path, s: Setting, strategy: str, seed: int) -> d
 
 @contextlib.contextmanager
 def preset_patched(changes: dict):
-    """tlbench.train builds the data side from `get_preset`: swap a few of its fields for one run, and
+    """tlbench.run.train builds the data side from `get_preset`: swap a few of its fields for one run, and
     record the preset the run was given (yields a dict that holds it once the run has asked)."""
-    original, used = tlbench.train.get_preset, {}
+    original, used = tlbench.run.train.get_preset, {}
 
     def patched(*args, **kwargs):
         preset = replace(original(*args, **kwargs), **changes)
         used["preset"] = dataclasses.asdict(preset)
         return preset
 
-    tlbench.train.get_preset = patched
+    tlbench.run.train.get_preset = patched
     try:
         yield used
     finally:
-        tlbench.train.get_preset = original
+        tlbench.run.train.get_preset = original
 
 
 def product_overrides(root: Path, s: Setting, v: Variant, seed: int, cache_dir: Path) -> list[str]:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from tlbench.train import build_datamodule, compose_config
+from tlbench.run.train import build_datamodule, compose_config
 
 
 def images_per_second(loader, epochs: int = 2) -> float:

@@ -3,7 +3,7 @@
 On the same images (an ImageFolder of symlinks built in a temporary folder: the notebook's train subset,
 its test split, and a few other train images that tlbench validates on):
   (a) the seed notebook's loop as it was written (benchmarks/notebook_loop.py), freeze / partial / full;
-  (b) tlbench's product path: `tlbench.train.run(overrides)`, what `python -m tlbench.train` runs, for the
+  (b) tlbench's product path: `tlbench.run.train.run(overrides)`, what `python -m tlbench.train` runs, for the
       same strategies, backbone, epochs, batch size, image size and test images. Each call is timed whole
       (config, data setup and decoding, fit, test, checkpoints); train images/s, accuracy, peak memory,
       precision and device come from the results it returns (results.json);
@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlbench.backbones import build_backbone
-from tlbench.train import run as run_tlbench
+from tlbench.models.backbones import build_backbone
+from tlbench.run.train import run as run_tlbench
 
 # tlbench's fast path is its default (data.pipeline=auto, strategy.cache_features=auto for freeze,
 # optim.cuda_graph=auto): the bench adds only a fresh decode cache, so decoding is timed too, once per

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlbench.results import read_results
+from tlbench.results.files import read_results
 
 # results.json key → column; the minority class (Shirt) is the positive class, so its recall is sensitivity.
 COLUMNS = {

@@ -80,7 +80,7 @@ def save_untrained_checkpoint(path: Path, class_names: list[str]) -> Path:
     """A random-init 1-channel resnet18 saved the way a run saves its checkpoints (no training needed)."""
     import lightning as L
 
-    from tlbench.module import TransferModule
+    from tlbench.models.module import TransferModule
 
     model = TransferModule(
         backbone={"name": "resnet18", "weights": None},
@@ -100,9 +100,9 @@ class Interrupted(RuntimeError):
 
 
 def train_until_killed(overrides: list[str], run_dir: Path, epoch: int, monkeypatch) -> None:
-    """Run tlbench.train.train and stop it as epoch `epoch` starts (after epoch-1's checkpoints)."""
-    from tlbench.results import RunCost
-    from tlbench.train import compose_config, train
+    """Run tlbench.run.train.train and stop it as epoch `epoch` starts (after epoch-1's checkpoints)."""
+    from tlbench.results.files import RunCost
+    from tlbench.run.train import compose_config, train
 
     def stop(self, trainer, pl_module):
         if trainer.current_epoch == epoch:

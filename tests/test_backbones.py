@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import shared_data
-from tlbench.backbones import (
+from tlbench.models.backbones import (
     LUMA_WEIGHTS,
     Backbone,
     Preset,

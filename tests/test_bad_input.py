@@ -16,11 +16,9 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder, save_untrained_checkpoint, small
-from tlbench.backbones import Preset, build_backbone
-from tlbench.checks import ConfigError, check_against_data, check_config
-from tlbench.data import ImageDataModule
-from tlbench.export import main as export_main
-from tlbench.fastdata import (
+from tlbench.config.checks import ConfigError, check_against_data, check_config
+from tlbench.data.datamodule import ImageDataModule
+from tlbench.data.fastdata import (
     _CACHE_FORMAT,
     cache_file,
     decode_to_uint8,
@@ -28,10 +26,12 @@ from tlbench.fastdata import (
     image_sizes,
     save_cached,
 )
-from tlbench.images import read_image
-from tlbench.predict import main as predict_main
-from tlbench.sources import DataError
-from tlbench.train import compose_config, train
+from tlbench.data.images import read_image
+from tlbench.data.sources import DataError
+from tlbench.models.backbones import Preset, build_backbone
+from tlbench.run.train import compose_config, train
+from tlbench.serve.export import main as export_main
+from tlbench.serve.predict import main as predict_main
 
 # ------------------------------------------------------------------------------------------ config values
 # (override, key the message must name, bad value the message must quote)
@@ -147,7 +147,7 @@ def test_values_that_depend_on_the_classes_are_checked_against_them(folder, over
 
 
 def test_positive_class_out_of_range_stops_before_a_network_is_built(folder, tmp_path, monkeypatch):
-    import tlbench.train as train_module
+    import tlbench.run.train as train_module
 
     built = []
     monkeypatch.setattr(train_module, "build_module", lambda *args: built.append(args))
@@ -333,7 +333,7 @@ def test_the_decode_cache_stores_upright_images_and_ignores_older_caches(tmp_pat
 def test_predict_and_cam_see_the_rotated_photo_upright(tmp_path, capsys):
     checkpoint = save_untrained_checkpoint(tmp_path / "model.ckpt", ["cat", "dog"])
     path = write_rotated_jpeg(tmp_path / "photo.jpg", size=(80, 40))
-    from tlbench.predict import load_images, load_model
+    from tlbench.serve.predict import load_images, load_model
 
     model = load_model(checkpoint)
     image = load_images(model, [path])[0, 0]

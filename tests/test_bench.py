@@ -90,7 +90,7 @@ def ablation(bench):
 
 def test_every_ablation_variant_composes_into_the_config_it_names(ablation, tmp_path):
     """Each row changes what its overrides say, through the config `python -m tlbench.train` reads."""
-    from tlbench.train import compose_config
+    from tlbench.run.train import compose_config
 
     s = ablation.Setting(data=str(tmp_path))
     for v in ablation.VARIANTS:
@@ -103,12 +103,12 @@ def test_every_ablation_variant_composes_into_the_config_it_names(ablation, tmp_
 
 
 def test_ablation_preset_patch_applies_for_one_run_only(ablation):
-    import tlbench.train
+    import tlbench.run.train
 
-    original = tlbench.train.get_preset
+    original = tlbench.run.train.get_preset
     with ablation.preset_patched(ablation.BY_KEY["notebook_preprocessing"].preset) as used:
-        preset = tlbench.train.get_preset("efficientnet_lite0", "imagenet", 3)
+        preset = tlbench.run.train.get_preset("efficientnet_lite0", "imagenet", 3)
     assert preset.mean == (0.485, 0.456, 0.406) and preset.interpolation == "bilinear"
     assert used["preset"]["std"] == (0.229, 0.224, 0.225)
-    assert tlbench.train.get_preset is original
+    assert tlbench.run.train.get_preset is original
     assert original("efficientnet_lite0", "imagenet", 3).mean == (0.5, 0.5, 0.5)  # Lite0's own statistics

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from tlbench.backbones import build_backbone
-from tlbench.cam import cam_overlay, grad_cam, target_layer
-from tlbench.module import TransferModule
+from tlbench.models.backbones import build_backbone
+from tlbench.models.module import TransferModule
+from tlbench.serve.cam import cam_overlay, grad_cam, target_layer
 
 
 def test_target_layer_is_the_end_of_the_last_convolutional_stage():

@@ -10,16 +10,16 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder, shared_data, write_images
-from tlbench.backbones import Preset
-from tlbench.data import ImageDataModule, eval_transform, train_transform
-from tlbench.images import read_image
-from tlbench.sources import (
+from tlbench.data.datamodule import ImageDataModule, eval_transform, train_transform
+from tlbench.data.images import read_image
+from tlbench.data.sources import (
     DEBIAN_FASHION_MNIST,
     DataError,
     LabelledItems,
     per_class_subset,
     stratified_split,
 )
+from tlbench.models.backbones import Preset
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"
@@ -240,11 +240,13 @@ def test_hymenoptera_loads_with_its_palette_gif():
 def test_prepare_data_after_setup_does_not_load_the_dataset_again(tmp_path, monkeypatch):
     if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
-    import tlbench.data
+    import tlbench.data.datamodule
 
     calls = []
-    real = tlbench.data.load_source
-    monkeypatch.setattr(tlbench.data, "load_source", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = tlbench.data.datamodule.load_source
+    monkeypatch.setattr(
+        tlbench.data.datamodule, "load_source", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
     dm = ImageDataModule(
         preset=GRAY, source="fashion_mnist", root=str(tmp_path), in_chans=1, download=False, num_workers=0
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import save_untrained_checkpoint
-from tlbench.export import export, load_checkpoint, main, serving_metadata
+from tlbench.serve.export import export, load_checkpoint, main, serving_metadata
 
 
 @pytest.fixture(scope="module")

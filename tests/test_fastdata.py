@@ -13,8 +13,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms.v2 import functional as TF
 
-from tlbench import fastdata
-from tlbench.fastdata import (
+from tlbench.data import fastdata
+from tlbench.data.fastdata import (
     EvalPreprocess,
     GpuAugment,
     InMemoryLoader,

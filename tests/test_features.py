@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import make_image_folder, small, train_until_killed
-from tlbench.features import FeatureLoader
-from tlbench.module import TransferModule
-from tlbench.strategies import StrategyError
-from tlbench.train import compose_config, train
+from tlbench.data.features import FeatureLoader
+from tlbench.models.module import TransferModule
+from tlbench.models.strategies import StrategyError
+from tlbench.run.train import compose_config, train
 
 
 @pytest.fixture

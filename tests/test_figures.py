@@ -7,13 +7,13 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlbench.figures import (
+from tlbench.models.module import TransferModule
+from tlbench.run.figures import (
     RunFigureRecorder,
     denormalize,
     most_confidently_wrong,
     write_run_figures,
 )
-from tlbench.module import TransferModule
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLASSES = ["cat", "dog", "owl"]

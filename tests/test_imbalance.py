@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import CLASS_COLOURS, make_image_folder, save_untrained_checkpoint, small, write_images
-from tlbench.backbones import Preset
-from tlbench.data import ImageDataModule
-from tlbench.export import load_checkpoint, serving_metadata
-from tlbench.module import TransferModule, decide, youden_threshold
-from tlbench.predict import load_model, predict
-from tlbench.sources import TEST_CARVED, TEST_IS_VAL, DataError
-from tlbench.train import compose_config, train
+from tlbench.data.datamodule import ImageDataModule
+from tlbench.data.sources import TEST_CARVED, TEST_IS_VAL, DataError
+from tlbench.models.backbones import Preset
+from tlbench.models.module import TransferModule, decide, youden_threshold
+from tlbench.run.train import compose_config, train
+from tlbench.serve.export import load_checkpoint, serving_metadata
+from tlbench.serve.predict import load_model, predict
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"
@@ -97,7 +97,7 @@ def test_the_balanced_sampler_leaves_a_balanced_split_as_it_was(tmp_path):
 
 
 def test_the_balanced_sampler_keeps_every_image_of_a_nearly_balanced_split():
-    from tlbench.fastdata import IMBALANCED_RATIO, epoch_order
+    from tlbench.data.fastdata import IMBALANCED_RATIO, epoch_order
 
     def order(majority: int, minority: int) -> torch.Tensor:
         labels = torch.tensor([0] * majority + [1] * minority)

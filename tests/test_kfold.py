@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import make_image_folder
-from tlbench import report
-from tlbench.backbones import Preset
-from tlbench.data import ImageDataModule
-from tlbench.predictions import write_predictions
-from tlbench.sources import DataError, LabelledItems, fold_of_each, kfold_split
-from tlbench.train import compose_config, describe
+from tlbench.analysis import report
+from tlbench.data.datamodule import ImageDataModule
+from tlbench.data.sources import DataError, LabelledItems, fold_of_each, kfold_split
+from tlbench.models.backbones import Preset
+from tlbench.results.predictions import write_predictions
+from tlbench.run.train import compose_config, describe
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"

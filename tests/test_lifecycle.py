@@ -18,8 +18,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import make_image_folder, small, train_until_killed
-from tlbench import report, runs
-from tlbench.train import compose_config, prepare_folder, train
+from tlbench.analysis import report
+from tlbench.run import folder
+from tlbench.run.train import compose_config, prepare_folder, train
 
 QUIET = ("trainer.enable_progress_bar=false", "logger=none", "trainer.max_epochs=1")
 
@@ -142,14 +143,14 @@ def test_a_signal_saves_a_checkpoint_exits_128_plus_n_and_the_same_command_conti
     assert not (run_dir / "results.json").exists()
     found = report.find_runs(run_dir)
     assert [p.path for p in found.interrupted] == [run_dir] and not found.missing and not found.failed
-    stopped_at = runs.checkpoint_position(run_dir / "checkpoints" / "last.ckpt")
+    stopped_at = folder.checkpoint_position(run_dir / "checkpoints" / "last.ckpt")
 
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr + again.stdout
     assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
     assert not (run_dir / "interrupted.txt").exists()
-    assert runs.checkpoint_position(run_dir / "checkpoints" / "last.ckpt")[0] == 7
+    assert folder.checkpoint_position(run_dir / "checkpoints" / "last.ckpt")[0] == 7
     assert stopped_at[1] > 0
     assert csv_epochs(run_dir) == list(range(8))  # the epochs before the signal are still in metrics.csv
 
@@ -183,10 +184,10 @@ def test_sigterm_stops_a_sweep_and_its_report_lists_what_did_not_finish(tmp_path
 
 
 def test_signal_guard_turns_sigint_into_an_interruption():
-    with runs.SignalGuard() as guard, pytest.raises(runs.RunInterrupted) as stopped:
+    with folder.SignalGuard() as guard, pytest.raises(folder.RunInterrupted) as stopped:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
-    assert guard.received == signal.SIGINT and runs.exit_status(stopped.value.signum) == 130
+    assert guard.received == signal.SIGINT and folder.exit_status(stopped.value.signum) == 130
 
 
 # --- 3. a folder that holds a run with other settings ---------------------------------------------------
@@ -207,8 +208,8 @@ def test_a_killed_run_is_not_resumed_with_other_settings(images, tmp_path, monke
     run_dir = tmp_path / "run"
     first = [*small(images), "logger=none", "trainer.max_epochs=2"]
     train_until_killed(first, run_dir, epoch=1, monkeypatch=monkeypatch)
-    runs.save_config(run_dir, OmegaConf.to_container(compose_config(first), resolve=True))  # as main() does
-    with pytest.raises(runs.RunFolderError, match=r"backbone.name: resnet18 → resnet50.*force=true"):
+    folder.save_config(run_dir, OmegaConf.to_container(compose_config(first), resolve=True))  # as main() does
+    with pytest.raises(folder.RunFolderError, match=r"backbone.name: resnet18 → resnet50.*force=true"):
         prepare_folder(compose_config([*first, "backbone=resnet50", "backbone.weights=null"]), run_dir)
     # Settings that do not change the result (train.yaml's exclude_keys) are not a different run.
     assert prepare_folder(compose_config([*first, "trainer.enable_progress_bar=false"]), run_dir) is None
@@ -218,7 +219,7 @@ def test_setting_changes_ignore_execution_only_keys():
     old = {"seed": 0, "data": {"num_workers": 4, "root": "a"}, "optim": {"cuda_graph": False}}
     new = {"seed": 1, "data": {"num_workers": 0, "root": "a", "extra": 2}, "optim": {"cuda_graph": True}}
     # data.extra: a key an older tlbench did not have is not a change the user asked for
-    assert runs.setting_changes(old, new, runs.EXECUTION_ONLY_KEYS) == ["seed: 0 → 1"]
+    assert folder.setting_changes(old, new, folder.EXECUTION_ONLY_KEYS) == ["seed: 0 → 1"]
 
 
 # --- 4. folders that cannot be written stop the run at the start ---------------------------------------
@@ -267,9 +268,9 @@ def test_a_resumed_csv_log_keeps_the_epochs_before_the_kill(images, tmp_path, mo
 def test_a_claimed_folder_is_listed_as_running_until_its_holder_ends(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
-    handle = runs.claim_run(run_dir)
+    handle = folder.claim_run(run_dir)
     try:
-        assert runs.claim_run(run_dir) is None  # a second claim, even from this process, is refused
+        assert folder.claim_run(run_dir) is None  # a second claim, even from this process, is refused
         found = report.find_runs(tmp_path)
         assert [p.path for p in found.running] == [run_dir] and f"pid {os.getpid()}" in found.running[
             0
@@ -284,7 +285,7 @@ def test_a_run_claimed_by_another_process_is_not_trained_twice(tmp_path):
     sweep_dir = tmp_path / "sweep"
     taken = sweep_dir / "seed0"
     taken.mkdir(parents=True)
-    handle = runs.claim_run(taken)  # this test process stands for the other sweep, busy with seed=0
+    handle = folder.claim_run(taken)  # this test process stands for the other sweep, busy with seed=0
     try:
         args = [*small(Path("images")), *QUIET, "hydra.sweep.dir=sweep", "hydra.sweep.subdir=seed${seed}"]
         done = subprocess.run(

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlbench.module import TransferModule
-from tlbench.strategies import StrategyError, in_prefix
+from tlbench.models.module import TransferModule
+from tlbench.models.strategies import StrategyError, in_prefix
 
 # Every family tlbench ships a config for; random init except Lite0, whose weights come from pip.
 FAMILIES = {

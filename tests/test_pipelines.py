@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder, small, train_until_killed
-from tlbench import sources
-from tlbench.backbones import Preset
-from tlbench.data import ImageDataModule
-from tlbench.module import TransferModule
-from tlbench.sources import DataError
-from tlbench.train import compose_config, train
+from tlbench.data import sources
+from tlbench.data.datamodule import ImageDataModule
+from tlbench.data.sources import DataError
+from tlbench.models.backbones import Preset
+from tlbench.models.module import TransferModule
+from tlbench.run.train import compose_config, train
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"

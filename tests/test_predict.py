@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from conftest import save_untrained_checkpoint, shared_data, write_images
-from tlbench.backbones import Preset
-from tlbench.images import read_image
-from tlbench.predict import load_model, load_zero_shot, main, predict
+from tlbench.data.images import read_image
+from tlbench.models.backbones import Preset
+from tlbench.serve.predict import load_model, load_zero_shot, main, predict
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_a_big_folder_with_one_corrupt_file_is_predicted_and_the_file_reported(c
 def test_images_are_decoded_batch_by_batch_not_all_at_once(checkpoint, tmp_path, monkeypatch, capsys):
     """However many files: never more than one batch decoded and not yet through the network, Grad-CAM
     included. Counted on the reader and on the network's inputs."""
-    import tlbench.predict as predict_module
+    import tlbench.serve.predict as predict_module
 
     write_tiny_images(tmp_path / "photos", 20)
     waiting, worst = [0], [0]
@@ -131,7 +131,7 @@ def test_images_are_decoded_batch_by_batch_not_all_at_once(checkpoint, tmp_path,
 
 
 def test_predict_each_yields_rows_before_the_folder_is_read(checkpoint, tmp_path, monkeypatch):
-    import tlbench.predict as predict_module
+    import tlbench.serve.predict as predict_module
 
     paths = write_tiny_images(tmp_path / "photos", 50)
     reads = []

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import make_image_folder, small
-from tlbench.predictions import PREDICTIONS_FILE, read_predictions, write_predictions
-from tlbench.train import compose_config, train
+from tlbench.results.predictions import PREDICTIONS_FILE, read_predictions, write_predictions
+from tlbench.run.train import compose_config, train
 
 
 def test_predictions_round_trip_with_paths_and_in_memory_items(tmp_path):

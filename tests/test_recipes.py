@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import make_image_folder, small, train_until_killed
-from tlbench.module import TransferModule
-from tlbench.predictions import read_predictions
-from tlbench.train import build_datamodule, build_module, compose_config, find_lr, train
+from tlbench.models.module import TransferModule
+from tlbench.results.predictions import read_predictions
+from tlbench.run.train import build_datamodule, build_module, compose_config, find_lr, train
 
 
 @pytest.fixture
@@ -226,7 +226,7 @@ def test_auto_streams_a_policy_on_a_cpu(generated, tmp_path):
 
 
 def test_lr_find_must_be_true_or_false():
-    from tlbench.tune import lr_find_requested
+    from tlbench.run.tune import lr_find_requested
 
     assert lr_find_requested({"lr_find": False}) is False
     with pytest.raises(ValueError, match=r"tune\.lr_find must be true or false, got 'yes'"):

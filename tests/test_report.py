@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlbench import report
-from tlbench.predictions import write_predictions
+from tlbench.analysis import report
+from tlbench.results.predictions import write_predictions
 
 # 3 strategies × 2 seeds with known test accuracies.
 ACCURACY = {"freeze": [0.80, 0.84], "partial": [0.86, 0.90], "full": [0.91, 0.93]}

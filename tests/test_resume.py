@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from conftest import REPO, make_image_folder, small
-from tlbench.backbones import Preset
-from tlbench.data import ImageDataModule
+from tlbench.data.datamodule import ImageDataModule
+from tlbench.models.backbones import Preset
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"

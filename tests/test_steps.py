@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_image_folder, small
-from tlbench.module import TransferModule
-from tlbench.steps import GraphedForwardBackward, resolve_cuda_graph
-from tlbench.train import compose_config, train
+from tlbench.models.module import TransferModule
+from tlbench.models.steps import GraphedForwardBackward, resolve_cuda_graph
+from tlbench.run.train import compose_config, train
 
 
 def fake_trainer(device="cpu", world_size=1, precision="32-true", accumulate=1):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tlbench.strategies import (
+from tlbench.models.strategies import (
     StrategyError,
     build_scheduler,
     initial_trainable_stages,

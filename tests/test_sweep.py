@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import make_image_folder
-from tlbench import sweep
+from tlbench.run import sweep
 
 # Cheap on a CPU: generated images at 32 px, no pretrained weights, one epoch, no data-loader workers.
 CHEAP = (

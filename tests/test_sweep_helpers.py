@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 import tlbench
-from tlbench import sweep
+from tlbench.run import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = Path(tlbench.__file__).resolve().parents[1]
@@ -34,12 +34,12 @@ hydra:
     subdir: ${tlbench.dirname:${hydra.job.override_dirname}}
   callbacks:
     plugins:
-      _target_: tlbench.sweep.ExplainMissingPlugin
+      _target_: tlbench.run.sweep.ExplainMissingPlugin
     report:
-      _target_: tlbench.sweep.ReportOnMultirunEnd
+      _target_: tlbench.run.sweep.ReportOnMultirunEnd
 """
 
-# A stand-in for tlbench.train with the same contract: skip a complete results.json unless force=true,
+# A stand-in for tlbench.run.train with the same contract: skip a complete results.json unless force=true,
 # keep a failure in error.txt and go on with the sweep.
 APP = """
 import json, os
@@ -48,7 +48,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from tlbench import sweep
+from tlbench.run import sweep
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder, shared_data, small
-from tlbench.train import build_datamodule, build_module, compose_config, train
+from tlbench.run.train import build_datamodule, build_module, compose_config, train
 
 CONF = resources.files("tlbench.conf")
 GROUPS = ("data", "backbone", "strategy", "optim", "trainer", "logger", "experiment")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tlbench import verdict
-from tlbench.predictions import read_predictions, write_predictions
-from tlbench.verdict import Comparison, Sample, compare, crossing, holm, judge, seeds_needed
+from tlbench.analysis import verdict
+from tlbench.analysis.verdict import Comparison, Sample, compare, crossing, holm, judge, seeds_needed
+from tlbench.results.predictions import read_predictions, write_predictions
 
 ITEMS = [f"img_{i:03d}.jpg" for i in range(100)]
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from tlbench.images import check_image, convert_mode, read_image
+from tlbench.data.images import check_image, convert_mode, read_image
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tlbench.images import BadImageError, read_image, shown_size
+from tlbench.data.images import BadImageError, read_image, shown_size
 
 _PIL_INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -161,7 +161,7 @@ def decode_to_uint8(
     Each image is resized so its shorter side is `size`, then centre-cropped to `crop_size` (default `size`):
     train images are stored whole-ish at `size` so a RandomResizedCrop still has pixels to choose from, eval
     images as the final Resize(size)+CenterCrop(crop_size) the model sees. `read` turns an item into a PIL
-    image in the right mode (default: `tlbench.images.read_image` on a file path). This pass is also the
+    image in the right mode (default: `tlbench.data.images.read_image` on a file path). This pass is also the
     bad-image check: a file that cannot be decoded is listed in `bad`, not raised. With `cache_dir` (file
     paths only) the result is saved there, keyed by the file list and these settings, and decoded again
     when any file's size or modification time changes.

@@ -21,9 +21,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tlbench.backbones import Preset
-from tlbench.features import FeaturePipeline
-from tlbench.pipelines import (
+from tlbench.data.features import FeaturePipeline
+from tlbench.data.pipelines import (
     PIPELINES,
     FeedSettings,
     MemoryPipeline,
@@ -32,7 +31,7 @@ from tlbench.pipelines import (
     eval_transform,
     train_transform,
 )
-from tlbench.sources import (
+from tlbench.data.sources import (
     SPLITS,
     TEST_CARVED,
     TEST_IS_VAL,
@@ -47,6 +46,7 @@ from tlbench.sources import (
     per_class_subset,
     split_by_fold,
 )
+from tlbench.models.backbones import Preset
 
 log = logging.getLogger(__name__)
 # data.balance: how a training split whose classes differ in size is shown to the network.

@@ -32,7 +32,7 @@ CHECKPOINT_DIR = "checkpoints"
 # process holds, and the earlier runs already moved aside.
 KEPT_ON_REPLACE = (".hydra", CLAIM_FILE, REPLACED_DIR)
 # Keys of train.yaml's override_dirname.exclude_keys: how a run is executed, not what it computes. Used
-# when Hydra's own list is not at hand (tlbench.train.run from a notebook).
+# when Hydra's own list is not at hand (tlbench.run.train.run from a notebook).
 EXECUTION_ONLY_KEYS = (
     "force",
     "sweep",

@@ -16,8 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from tlbench.runs import RESULTS_FILE
-from tlbench.runtime import release_freed_memory
+from tlbench.run.folder import RESULTS_FILE
+from tlbench.run.runtime import release_freed_memory
 
 VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
 

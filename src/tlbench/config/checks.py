@@ -15,14 +15,14 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from tlbench.backbones import IN_CHANS_MODES, get_preset
-from tlbench.data import BALANCE
-from tlbench.module import check_threshold_rule
-from tlbench.pipelines import PIPELINES
-from tlbench.recipes import check_recipes
-from tlbench.sources import SOURCES, DataError, check_folds
-from tlbench.steps import CUDA_GRAPH_CHOICES
-from tlbench.strategies import BN_POLICIES, STRATEGIES
+from tlbench.data.datamodule import BALANCE
+from tlbench.data.pipelines import PIPELINES
+from tlbench.data.sources import SOURCES, DataError, check_folds
+from tlbench.models.backbones import IN_CHANS_MODES, get_preset
+from tlbench.models.module import check_threshold_rule
+from tlbench.models.recipes import check_recipes
+from tlbench.models.steps import CUDA_GRAPH_CHOICES
+from tlbench.models.strategies import BN_POLICIES, STRATEGIES
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
@@ -266,6 +266,6 @@ def check_batch_limit(key: str, value: Any) -> None:
 
 
 def logger_names() -> tuple[str, ...]:
-    from tlbench.train import LOGGERS  # imported here: train imports this module
+    from tlbench.run.train import LOGGERS  # imported here: train imports this module
 
     return LOGGERS

@@ -26,10 +26,10 @@ from torchmetrics.classification import (
 )
 from torchmetrics.functional.classification import binary_recall, binary_specificity, multiclass_accuracy
 
-from tlbench.backbones import Preset, build_backbone
-from tlbench.recipes import batch_mixing
-from tlbench.steps import GraphedForwardBackward, resolve_cuda_graph
-from tlbench.strategies import (
+from tlbench.models.backbones import Preset, build_backbone
+from tlbench.models.recipes import batch_mixing
+from tlbench.models.steps import GraphedForwardBackward, resolve_cuda_graph
+from tlbench.models.strategies import (
     BN_POLICIES,
     HEAD,
     SCHEDULED,

@@ -25,8 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from tlbench.backbones import Preset
-from tlbench.fastdata import (
+from tlbench.data.fastdata import (
     EvalPreprocess,
     GpuAugment,
     InMemoryLoader,
@@ -40,7 +39,8 @@ from tlbench.fastdata import (
     resize_center_crop_uint8,
     save_cached,
 )
-from tlbench.sources import SPLITS, DataError, LabelledItems, ReadArray, SourceData, find_bad_files
+from tlbench.data.sources import SPLITS, DataError, LabelledItems, ReadArray, SourceData, find_bad_files
+from tlbench.models.backbones import Preset
 
 log = logging.getLogger(__name__)
 PIPELINES = ("auto", "streaming", "memory")

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.callbacks import LearningRateFinder
 
-from tlbench.recipes import RecipeError, is_number
+from tlbench.models.recipes import RecipeError, is_number
 
 log = logging.getLogger(__name__)
 LR_FIND_FILE = "lr_find.json"

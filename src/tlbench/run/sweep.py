@@ -3,7 +3,7 @@ their run folder, the report written when the sweep ends (or when a signal stops
 when a plugin is missing.
 
 Importing this module registers two config resolvers and the missing-plugin hints with Hydra, so
-`tlbench.train` imports it before `@hydra.main` composes anything:
+`tlbench.run.train` imports it before `@hydra.main` composes anything:
 
     ${tlbench.dirname:${hydra.job.override_dirname}}   a run folder named from its overrides
     ${tlbench.gpu_count:}                              GPUs on this machine (at least 1): joblib's n_jobs
@@ -27,10 +27,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tlbench.runs import ERROR_FILE, INTERRUPTED_FILE, try_lock
+from tlbench.run.folder import ERROR_FILE, INTERRUPTED_FILE, try_lock
 
 if TYPE_CHECKING:
-    from tlbench import report
+    from tlbench.analysis import report
 
 log = logging.getLogger("tlbench")
 
@@ -210,7 +210,7 @@ class ReportOnMultirunEnd(Callback):
 def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> report.Found:
     """Write the report of a sweep folder and print its table; returns what report.find_runs found, with
     `not_started` job folders listed as missing."""
-    from tlbench import report
+    from tlbench.analysis import report
 
     found = report.find_runs(sweep_dir)
     seen = {r.path for r in found.runs} | {p.path for p in found.unfinished}
@@ -315,6 +315,3 @@ def register_with_hydra() -> None:
     for group, option, module, extra in missing_plugins():
         hint = f"{NOT_INSTALLED}{module.split('.')[-1]}__pip_install_tlbench[{extra}]"
         ConfigStore.instance().store(group=group, name=option, node={"_target_": hint}, provider="tlbench")
-
-
-register_with_hydra()

@@ -1,0 +1,1 @@
+"""Many runs → one report: collecting runs, the paired-bootstrap verdict, Pareto and calibration."""

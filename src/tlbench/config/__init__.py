@@ -1,0 +1,1 @@
+"""The run's settings: what each config key may hold, checked once before anything runs."""

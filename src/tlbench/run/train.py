@@ -1,0 +1,510 @@
+"""The Hydra entry point: compose the config → data → backbone + strategy (module) → trainer → fit →
+test on the best checkpoint → results.json.
+
+    python -m tlbench.train strategy=partial backbone=resnet152
+    python -m tlbench.train -m strategy=freeze,partial,full backbone=resnet18,resnet50 seed=0,1,2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tlbench.config.checks import check_against_data, check_config
+from tlbench.data.datamodule import ImageDataModule
+from tlbench.models.backbones import get_preset
+from tlbench.models.module import TransferModule
+from tlbench.models.recipes import early_stopping, ema_callback
+from tlbench.results.files import (
+    RESULTS_FILE,
+    RunCost,
+    device_name,
+    peak_memory,
+    read_results,
+    versions,
+    write_json_atomic,
+)
+from tlbench.results.predictions import write_predictions
+from tlbench.run import folder, sweep, tune
+from tlbench.run.figures import RunFigureRecorder, write_run_figures
+from tlbench.run.runtime import keep_freed_memory
+
+log = logging.getLogger("tlbench")
+
+LOGGERS = ("tensorboard", "csv", "none")
+LOG_FOLDERS = {"tensorboard": "tb", "csv": "csv"}
+# Keys of the data config that are not DataModule arguments.
+DATA_ONLY_FOR_MODULE = ("positive_class", "threshold")
+
+
+def plain(node: Any) -> Any:
+    """Hydra nodes → plain Python values: what the module saves must reload without Hydra."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def resolve_precision(precision: str | None) -> str:
+    if precision not in (None, "auto"):
+        return str(precision)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path) -> ImageDataModule:
+    data = {k: v for k, v in plain(cfg.data).items() if k not in DATA_ONLY_FOR_MODULE}
+    preset = get_preset(cfg.backbone.name, cfg.backbone.weights, data["in_chans"])
+    return ImageDataModule(preset=preset, seed=cfg.seed, run_dir=str(run_dir), **data)
+
+
+def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule:
+    return TransferModule(
+        backbone=plain(cfg.backbone),
+        num_classes=datamodule.num_classes,
+        in_chans=cfg.data.in_chans,
+        strategy=plain(cfg.strategy),
+        optim=plain(cfg.optim),
+        class_names=datamodule.classes,
+        positive_class=cfg.data.positive_class,
+        preset=dataclasses.asdict(datamodule.preset),
+        class_weights=datamodule.class_weights(),
+        threshold_rule=cfg.data.threshold,
+    )
+
+
+def build_logger(name: str, run_dir: Path, resumed_step: int | None = None):
+    """The run's logger. On a resume (`resumed_step`: the global step of last.ckpt) it keeps the history
+    logged up to that step — the last validation before the checkpoint is logged at it — and drops what
+    came after, which the resumed run logs again: TensorBoard hides those events (purge_step), the CSV
+    keeps only the earlier rows (Lightning's CSVLogger would delete them all)."""
+    if name == "tensorboard":
+        return TensorBoardLogger(
+            save_dir=str(run_dir),
+            name=LOG_FOLDERS[name],
+            version="",
+            default_hp_metric=False,
+            purge_step=None if resumed_step is None else resumed_step + 1,
+        )
+    if name == "csv":
+        logger = CSVLogger(save_dir=str(run_dir), name=LOG_FOLDERS[name], version="")
+        if resumed_step is not None:
+            keep_csv_history(logger, resumed_step)
+        return logger
+    if name == "none":
+        return False
+    raise ValueError(f"unknown logger.name {name!r}; choose one of: {', '.join(LOGGERS)}")
+
+
+def keep_csv_history(logger: CSVLogger, resumed_step: int) -> None:
+    """Carry the rows logged up to `resumed_step` into the resumed run's metrics.csv: Lightning's writer
+    removes the file when it starts and writes only what it logs itself."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = [
+            {k: v for k, v in row.items() if v != ""}
+            for row in csv.DictReader(handle)
+            if row.get("step", "").isdigit() and int(row["step"]) <= resumed_step
+        ]
+    logger.experiment.metrics[:0] = rows  # the writer starts now (and removes the file); rows go first
+
+
+class CheckpointOnInterrupt(OnExceptionCheckpoint):
+    """last.ckpt at the moment a signal stops training, so running the same command again continues from
+    there. Lightning's OnExceptionCheckpoint saves on any exception and deletes its file at teardown; here
+    only a stop asked for by a signal, during fit, is saved (a test-phase stop would save the best weights
+    loaded for testing), and the file stays."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # received_sigterm too: SLURM and a terminal signal the data-loader workers as well, and a dead
+        # worker can end the fit with its own error before the loop reaches its SIGTERM check.
+        signalled = trainer.received_sigterm or isinstance(
+            exception, folder.RunInterrupted | KeyboardInterrupt
+        )
+        if signalled and trainer.state.fn == "fit":
+            log.warning("saving %s before stopping", self.ckpt_path)
+            super().on_exception(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass
+
+
+def resumed_step(cfg: DictConfig, run_dir: Path) -> int | None:
+    """The global step train() resumes from (its last.ckpt), or None for a fresh start."""
+    last = run_dir / folder.CHECKPOINT_DIR / "last.ckpt"
+    if cfg.trainer.fast_dev_run or not last.exists():
+        return None
+    position = folder.checkpoint_position(last)
+    return position[1] if position else None
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trainer, ModelCheckpoint]:
+    options = plain(cfg.trainer)
+    monitor = options.pop("monitor")
+    patience = options.pop("early_stopping_patience", None)
+    mode = "min" if monitor.endswith("loss") else "max"
+    options["precision"] = resolve_precision(options.get("precision"))
+    logger = build_logger(cfg.logger.name, run_dir, resumed_step(cfg, run_dir))
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        auto_insert_metric_name=False,
+    )
+    # Its own callback: ModelCheckpoint(save_last=True) writes last.ckpt only when the best one improves,
+    # so resuming from it would repeat every epoch since the best.
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    recipe = [ema_callback(cfg.optim.get("ema")), early_stopping(monitor, mode, patience)]
+    callbacks = [c for c in recipe if c is not None]
+    callbacks += [checkpoint, latest, CheckpointOnInterrupt(run_dir / folder.CHECKPOINT_DIR, "last"), cost]
+    if logger:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
+    return trainer, checkpoint
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """The handful of values a comparison groups by (report tables, TensorBoard HParams)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return {
+        "data": cfg.data.source if cfg.data.source != "imagefolder" else Path(str(cfg.data.root)).name,
+        "backbone": cfg.backbone.name,
+        "backbone_config": choices.get("backbone"),
+        "strategy": cfg.strategy.name,
+        "seed": cfg.seed,
+        # Under k-fold, runs that differ only in seed and fold are replicates of one setting (report.py).
+        "fold": cfg.data.fold if cfg.data.folds is not None else None,
+        "folds": cfg.data.folds,
+        "per_class": cfg.data.per_class,
+        "in_chans": cfg.data.in_chans,
+        "image_size": cfg.data.image_size,
+        "epochs": cfg.trainer.max_epochs,
+        "head_lr": cfg.strategy.head_lr,
+        "backbone_lr": cfg.strategy.backbone_lr,
+    }
+
+
+def log_hparams(trainer: L.Trainer, params: dict, metrics: dict[str, float]) -> None:
+    """One HParams entry per run, with its final metrics, so TensorBoard compares runs side by side."""
+    if isinstance(trainer.logger, TensorBoardLogger):
+        hparams = {k: ("null" if v is None else v) for k, v in params.items()}
+        trainer.logger.log_hyperparams(hparams, {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
+    started = time.perf_counter()
+    # Frozen BatchNorm layers are in eval mode on purpose (strategy.bn=eval); Lightning warns each fit.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    check_config(cfg)
+    keep_freed_memory()
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg, run_dir)
+    datamodule.setup()
+    check_against_data(cfg, datamodule.num_classes)  # positive_class, monitor: once the classes are known
+    sizes = datamodule.split_sizes()
+    log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
+
+    module = build_module(cfg, datamodule)
+    counts = module.parameter_counts()
+    log.info(
+        "%s / %s: %s of %s parameters train (stages: %s)",
+        cfg.backbone.name,
+        cfg.strategy.name,
+        f"{counts['trainable_params']:,}",
+        f"{counts['total_params']:,}",
+        ", ".join(module.trainable_stages),
+    )
+
+    if module.caches_features:
+        datamodule.use_features(module.embed)
+    cost = RunCost()
+    trainer, checkpoint = build_trainer(cfg, run_dir, cost)
+    figures = RunFigureRecorder()
+    trainer.callbacks.append(figures)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    last_val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    # Read before testing: trainer.test(ckpt_path=best) reloads callback states as of the best epoch.
+    stopping = trainer.early_stopping_callback
+    trained = {
+        "epochs_trained": trainer.current_epoch,
+        "stopped_early": bool(stopping and stopping.stopped_epoch),
+    }
+
+    best = checkpoint.best_model_path or None
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    if trainer.is_global_zero and module.test_predictions is not None:
+        # Per-image probabilities beside results.json, for the report's paired bootstrap and calibration.
+        write_predictions(
+            run_dir, datamodule.data.splits["test"].items, *module.test_predictions, datamodule.classes
+        )
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    metrics.update(last_val)
+    params = describe(cfg)
+    results = {
+        "status": "complete",
+        "run_dir": str(run_dir),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "params": params,
+        "metrics": metrics,
+        "per_class_acc": module.test_per_class_result,
+        "classes": datamodule.classes,
+        "split_sizes": sizes,
+        "test_split": datamodule.data.test_split,
+        # Two classes: the best checkpoint's threshold (chosen on val), used by test/*@thr and predict.
+        "threshold": module.threshold,
+        "wall_time_s": time.perf_counter() - started,
+        "train_images_per_s": cost.images_per_second,
+        "pipeline": datamodule.pipeline.name,
+        "feature_cache": module.caches_features,
+        "cuda_graph": module.graphed is not None and module.graphed.graphed is not None,
+        **peak_memory(),
+        **module.parameter_counts(),
+        "trainable_stages": module.trainable_stages,
+        "bad_images": sorted(datamodule.bad_images),
+        **trained,
+        "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "precision": str(trainer.precision),
+        "device": device_name(),
+        "versions": versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if not trainer.is_global_zero:  # under DDP, one rank writes the results
+        return {}
+    log_hparams(
+        trainer, params, {k: v for k, v in metrics.items() if k.startswith("test/") and "class" not in k}
+    )
+    drawn = figures.figure_inputs()
+    if drawn["train_images"] is None:  # trained on cached features: no image batch went through the network
+        drawn["train_images"], drawn["train_labels"] = datamodule.preview_batch()
+    write_run_figures(
+        run_dir, trainer.logger, **drawn, class_names=module.class_names,
+        mean=module.preset.mean, std=module.preset.std, step=trainer.global_step,
+    )  # fmt: skip
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results
+
+
+def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """tune.lr_find=true: the LR range test on this run's data, module and trainer settings (tune.py)."""
+    check_config(cfg)
+    tune.check_tune_settings(plain(cfg.tune))
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg, run_dir)
+    datamodule.setup()
+    module = build_module(cfg, datamodule)
+    if module.caches_features:
+        datamodule.use_features(module.embed)
+    options = plain(cfg.trainer)
+    for key in ("monitor", "early_stopping_patience"):
+        options.pop(key, None)
+    options["precision"] = resolve_precision(options.get("precision"))
+    return tune.find_learning_rate(module, datamodule, options, plain(cfg.strategy), plain(cfg.tune), run_dir)
+
+
+def summary_line(results: dict) -> str:
+    m = results["metrics"]
+    parts = [
+        f"test acc {m.get('test/acc', float('nan')):.4f}",
+        f"macro-F1 {m.get('test/f1_macro', float('nan')):.4f}",
+    ]
+    if "test/auroc" in m:
+        parts.append(f"AUROC {m['test/auroc']:.4f}")
+    speed = results.get("train_images_per_s")
+    parts.append(f"{results['wall_time_s']:.0f} s" + (f", {speed:.0f} train img/s" if speed else ""))
+    return " | ".join(parts) + f"\nrun folder: {results['run_dir']}"
+
+
+# Errors whose message already tells the user what to do: printed without a traceback.
+def is_user_error(error: BaseException) -> bool:
+    return isinstance(error, (ValueError, FileNotFoundError, ImportError)) or type(error).__name__.endswith(
+        "UnavailableError"
+    )
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The config `python -m tlbench.train <overrides>` would run, for notebooks and tests."""
+    GlobalHydra.instance().clear()
+    sweep.register_with_hydra()
+    with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides or []), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it to the task
+    return cfg
+
+
+def run(overrides: list[str] | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """One run from Python (a notebook): `run(["experiment=hymenoptera", "strategy=partial"])`."""
+    cfg = compose_config(overrides)
+    if run_dir is None:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        run_dir = Path("outputs/runs") / f"{stamp}_{cfg.backbone.name.replace('/', '_')}_{cfg.strategy.name}"
+    return train(cfg, Path(run_dir))
+
+
+def preflight(cfg: DictConfig, run_dir: Path) -> None:
+    """Cheap checks of what would otherwise fail late — after data loading, after training, or after
+    force=true has moved the previous run aside: config values, the backbone name and weights tag, the
+    image folder, and that the run folder, its checkpoints and its logs can be written."""
+    check_config(cfg)
+    get_preset(cfg.backbone.name, cfg.backbone.weights, cfg.data.in_chans)
+    if cfg.data.source == "imagefolder" and not Path(str(cfg.data.root)).expanduser().is_dir():
+        raise ValueError(f"data.root={cfg.data.root} does not exist; point data.root at your image folder")
+    for path in (run_dir, run_dir / folder.CHECKPOINT_DIR, run_dir / LOG_FOLDERS.get(cfg.logger.name, "")):
+        folder.check_writable(path)
+
+
+def is_first_process() -> bool:
+    """False on the extra ranks of a DDP run, which re-run this entry point on the same run folder: only the
+    first process claims, checks and clears the folder."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
+
+
+def excluded_keys() -> list[str]:
+    """Settings that do not change a result (train.yaml's override_dirname.exclude_keys)."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().job.config.override_dirname.exclude_keys)
+    return list(folder.EXECUTION_ONLY_KEYS)
+
+
+def prepare_folder(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Make the run folder ready for this run, or return the finished results to skip it with.
+
+    Nothing is moved before every check has passed; a folder holding a run started with other settings
+    is refused rather than resumed (its checkpoint would train the old run while results.json reported
+    the new settings)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    old = folder.saved_config(run_dir)
+    if not cfg.force and old is not None and folder.has_run_outputs(run_dir):
+        folder.refuse_changed_settings(run_dir, old, config, excluded_keys())
+    done = None if cfg.force else read_results(run_dir)
+    if done is not None:
+        return done
+    preflight(cfg, run_dir)
+    if cfg.force:
+        moved = folder.move_aside(run_dir)
+        if moved:
+            log.info("force=true: the previous outputs of %s are now in %s", run_dir, moved)
+    folder.save_config(run_dir, config)
+    return None
+
+
+def record_signal(run_dir: Path, signum: int) -> folder.RunInterrupted:
+    """Leave interrupted.txt saying where the run stopped; returns the exception that ends the process."""
+    record = folder.record_interrupted(run_dir, signum)
+    log.warning("%s: %s", run_dir, record.read_text().strip())
+    return folder.RunInterrupted(signum)
+
+
+def main() -> float | None:
+    """`python -m tlbench.train` (and the `tlbench-train` script): Hydra parses the command line."""
+    sweep.register_with_hydra()
+    return hydra_main()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://tlbench.conf", config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    """Returns the best validation score: what a sweeper (Optuna) may optimise — never a test metric."""
+    hydra_cfg = HydraConfig.get()
+    sweep.pin_job_to_gpu(hydra_cfg)  # before anything starts CUDA
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    claim = folder.claimed(run_dir) if is_first_process() else contextlib.nullcontext()
+    try:
+        with claim:
+            return run_job(cfg, hydra_cfg, run_dir)
+    except folder.RunClaimed as taken:
+        if multirun:
+            log.warning("skipping: %s", taken)
+            return None
+        print(f"\nerror: {taken}", file=sys.stderr)
+        sys.exit(1)
+    except folder.RunInterrupted as stopped:
+        # The scheduler that sent the signal wants the process gone: a sweep stops here too, and writes its
+        # report now (Hydra's on_multirun_end will not run) — after the claim is released, so that this
+        # job is listed as interrupted, not running.
+        if multirun:
+            sweep.report_stopped_sweep(hydra_cfg)
+        sys.exit(folder.exit_status(stopped.signum))
+
+
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | None:
+    """One run in a folder this process holds: skip it when done, else check, prepare, train, record."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    with folder.SignalGuard() as guard:
+        try:
+            if tune.lr_find_requested(plain(cfg.tune)):
+                # The LR range test trains nothing and writes no results.json: it never skips a folder.
+                preflight(cfg, run_dir)
+                print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
+                return None
+            done = prepare_folder(cfg, run_dir) if is_first_process() else None
+            if done is not None:
+                log.info(
+                    "skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE
+                )
+                return done.get("best_val")
+            sweep.clear_failure(run_dir)
+            problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
+            if problem:
+                raise ValueError(problem)
+            results = train(cfg, run_dir)
+        except BaseException as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
+            if guard.received is not None:  # RunInterrupted, or Lightning's SIGTERMException
+                raise record_signal(run_dir, guard.received) from None
+            if not isinstance(error, Exception):
+                raise
+            sweep.record_failure(run_dir, error)
+            if multirun:
+                log.error(
+                    "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
+                )
+                return None
+            if is_user_error(error):
+                print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
+                sys.exit(1)
+            raise
+    if results:
+        print("\n" + summary_line(results))
+    if guard.received is not None:  # the signal came as the run was finishing: it finished; still stop
+        raise folder.RunInterrupted(guard.received)
+    return results.get("best_val") if results else None
+
+
+if __name__ == "__main__":
+    main()

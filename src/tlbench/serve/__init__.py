@@ -1,0 +1,1 @@
+"""Using a trained checkpoint: predict, export (ONNX / TorchScript) and Grad-CAM."""

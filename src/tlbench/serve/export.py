@@ -1,0 +1,149 @@
+"""Export a trained checkpoint for serving: the adapted network as ONNX or TorchScript, and beside it
+`<file>.json` with what a server needs to feed it (class names, channels, input size, mean/std,
+interpolation, and the decision threshold of a binary model when the checkpoint has one).
+
+python -m tlbench.export outputs/runs/<run>/checkpoints/best.ckpt --format onnx
+python -m tlbench.export outputs/runs/<run>/checkpoints/best.ckpt --format torchscript --out model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlbench.models.module import TransferModule
+from tlbench.results.files import versions
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+ONNX_OPSET = 17
+_ONNX_INSTALL_HINT = "pip install onnx (or pip install 'tlbench[export]')"
+
+
+def load_checkpoint(path: str | Path) -> TransferModule:
+    """The checkpoint's module on the CPU, in eval mode; a one-line error naming the file when it cannot
+    be one (missing, a folder, empty, cut short, text, a plain state dict, weights of another network)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder; give the checkpoint file, e.g. {path / 'checkpoints' / 'best.ckpt'}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; runs keep theirs in <run>/checkpoints/")
+    try:
+        module = TransferModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated zip, pickle, missing keys: all mean "not a checkpoint"
+        detail = (str(error).strip().splitlines() or [""])[0][:200]
+        if isinstance(error, KeyError):  # a file torch reads, without what Lightning saves beside the weights
+            detail = f"no {detail}: a plain state dict, or another program's checkpoint"
+        raise ValueError(
+            f"{path} is not a readable tlbench checkpoint ({type(error).__name__}: {detail}); "
+            "give the complete .ckpt a tlbench run writes in <run>/checkpoints/ (best.ckpt or last.ckpt)"
+        ) from error
+    return module.eval()
+
+
+def serving_metadata(module: TransferModule, format: str, model_file: str) -> dict[str, Any]:
+    """Everything outside the network that its outputs depend on: how to make its input, what its
+    outputs mean."""
+    preset = module.preset
+    in_chans = len(preset.mean)
+    metadata = {
+        "format": format,
+        "model_file": model_file,
+        "input": {"name": INPUT_NAME, "shape": ["batch", in_chans, preset.crop_size, preset.crop_size]},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", module.num_classes], "kind": "logits (softmax)"},
+        "class_names": list(module.class_names),
+        "in_chans": in_chans,
+        "color_mode": "L" if in_chans == 1 else "RGB",
+        "input_size": [preset.crop_size, preset.crop_size],
+        "resize_size": preset.resize_size,
+        "crop_size": preset.crop_size,
+        "interpolation": preset.interpolation,
+        "mean": list(preset.mean),
+        "std": list(preset.std),
+        "preprocessing": "resize shorter side to resize_size, centre-crop crop_size, scale to [0, 1], "
+        "subtract mean, divide by std",
+        "backbone": module.hparams.backbone.get("name"),
+        "versions": versions(),
+    }
+    if module.num_classes == 2:
+        metadata["positive_class"] = module.positive_class
+    threshold = module.hparams.get("threshold")
+    if threshold is not None:
+        metadata["threshold"] = threshold
+    return metadata
+
+
+def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None) -> tuple[Path, Path]:
+    """Write the checkpoint's network (`module.net`, eval mode) as `format` to `out` (default: beside the
+    checkpoint, `.onnx` or `.pt`) and its serving metadata to `<out>.json`; returns both paths."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    module = load_checkpoint(checkpoint)
+    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[format])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    preset = module.preset
+    example = torch.zeros(2, len(preset.mean), preset.crop_size, preset.crop_size)
+    with torch.no_grad():
+        if format == "onnx":
+            _export_onnx(module.net, example, out)
+        else:
+            with warnings.catch_warnings():
+                # torch marks torch.jit deprecated; TorchScript is still what C++/LibTorch servers load.
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.jit.trace(module.net, example).save(str(out))
+    metadata_file = out.with_name(out.name + ".json")
+    metadata = serving_metadata(module, format, out.name)
+    metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
+    return out, metadata_file
+
+
+def _export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
+    try:
+        import onnx
+    except ImportError as err:
+        raise ImportError(f"ONNX export needs the onnx package: {_ONNX_INSTALL_HINT}") from err
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter needs nothing beyond onnx; torch nudges towards the dynamo one,
+        # which needs onnxscript too.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            net,
+            (example,),
+            str(out),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+    onnx.checker.check_model(str(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint")
+    parser.add_argument("--format", choices=list(FORMATS), default="onnx")
+    parser.add_argument("--out", help="the model file to write (default: beside the checkpoint)")
+    args = parser.parse_args(argv)
+    try:
+        model_file, metadata_file = export(args.checkpoint, args.format, args.out)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.format}: {model_file}\nserving metadata: {metadata_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
