@@ -7,6 +7,7 @@ Light on purpose (no torch, no Lightning at import): the report reads claims and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -70,9 +71,24 @@ def exit_status(signum: int) -> int:
 # --- claims: one live process per run folder ------------------------------------------------------------
 
 
+# Lock handles this process holds. A forked child (a DataLoader worker) inherits their descriptors, and
+# an flock lasts until every copy is closed: without closing them in the child, a run killed with SIGKILL
+# would stay "claimed" until its workers noticed and exited, and an immediate re-run would be refused.
+_HELD_LOCKS: set[IO] = set()
+_FORK_HOOK: list[bool] = []
+
+
+def _close_inherited_locks() -> None:
+    for handle in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            handle.close()  # the child's copy only: the parent's lock stays
+    _HELD_LOCKS.clear()
+
+
 def try_lock(path: Path, mode: str = "a") -> IO | None:
     """An open handle holding an exclusive flock on `path`, or None when another process holds it. The
-    lock lasts until the handle is closed or the process ends (run-folder claims, GPU claims)."""
+    lock lasts until the handle is closed or this process ends (run-folder claims, GPU claims); forked
+    children do not keep it."""
     import fcntl  # POSIX only
 
     handle = path.open(mode)
@@ -81,6 +97,10 @@ def try_lock(path: Path, mode: str = "a") -> IO | None:
     except BlockingIOError:
         handle.close()
         return None
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=_close_inherited_locks)
+        _FORK_HOOK.append(True)
+    _HELD_LOCKS.add(handle)
     return handle
 
 
@@ -133,6 +153,7 @@ def claimed(run_dir: str | Path) -> Iterator[None]:
     try:
         yield
     finally:
+        _HELD_LOCKS.discard(handle)
         handle.close()
 
 
