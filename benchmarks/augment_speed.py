@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 
+from tlbench.config.checks import check_config
 from tlbench.run.train import build_datamodule, compose_config
 
 
@@ -34,7 +35,7 @@ def main(root: str) -> None:
                 f"data.pipeline={pipeline}", f"data.num_workers={workers}", f"data.augment={augment}",
             ]  # fmt: skip
             with tempfile.TemporaryDirectory() as run_dir:
-                datamodule = build_datamodule(compose_config(overrides), run_dir)
+                datamodule = build_datamodule(check_config(compose_config(overrides)), run_dir)
                 datamodule.setup()
                 speed = images_per_second(datamodule.train_dataloader())
             print(f"{pipeline:9s} {augment:15s} {speed:6.0f} img/s", flush=True)

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
+
+from tlbench.config.schema import DataConfig, parse
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -112,3 +115,10 @@ def train_until_killed(overrides: list[str], run_dir: Path, epoch: int, monkeypa
         patch.setattr(RunCost, "on_train_epoch_start", stop, raising=False)
         with pytest.raises(Interrupted):
             train(compose_config(overrides), run_dir)
+
+
+def data_config(root: Path | str | None, **values) -> DataConfig:
+    """The data group as `data=imagefolder data.root=<root>` sets it (conf/data/imagefolder.yaml: the one
+    place its defaults live), `values` on top, checked by the schema as a run's config is."""
+    defaults = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "imagefolder.yaml"))
+    return parse(DataConfig, {**defaults, "root": None if root is None else str(root), **values}, "data.")

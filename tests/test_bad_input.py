@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder, save_untrained_checkpoint, small
+from conftest import data_config, make_image_folder, save_untrained_checkpoint, small
 from tlbench.config.checks import ConfigError, check_against_data, check_config
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.data.fastdata import (
@@ -141,9 +141,9 @@ def test_a_bad_value_is_one_line_naming_key_and_value(folder, override, key, val
 )
 def test_values_that_depend_on_the_classes_are_checked_against_them(folder, overrides, num_classes, key):
     cfg = compose_config([*small(folder), *overrides])
-    check_config(cfg)  # fine until the number of classes is known
+    run = check_config(cfg)  # fine until the number of classes is known
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        check_against_data(cfg, num_classes)
+        check_against_data(run, num_classes)
 
 
 def test_positive_class_out_of_range_stops_before_a_network_is_built(folder, tmp_path, monkeypatch):
@@ -400,10 +400,9 @@ def folder_with(kind: str, root: Path) -> tuple[Path, Path]:
 
 
 def datamodule(root: Path, in_chans: int, pipeline: str, on_bad_image: str = "skip") -> ImageDataModule:
-    return ImageDataModule(
-        preset=PRESETS[in_chans], root=str(root), in_chans=in_chans, pipeline=pipeline, num_workers=0,
-        batch_size=8, on_bad_image=on_bad_image, cache_dir=None,
-    )  # fmt: skip
+    data = data_config(root, in_chans=in_chans, pipeline=pipeline, num_workers=0, batch_size=8,
+                       on_bad_image=on_bad_image, cache_dir=None)  # fmt: skip
+    return ImageDataModule(data, PRESETS[in_chans], seed=0)
 
 
 @pytest.mark.filterwarnings("ignore:skipping 1 unreadable image")

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image_folder
+from conftest import data_config, make_image_folder, small
 from tlbench.analysis import report
+from tlbench.config.checks import ConfigError, check_config
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.data.sources import DataError, LabelledItems, fold_of_each, kfold_split
 from tlbench.models.backbones import Preset
@@ -51,17 +52,17 @@ def test_folds_are_seeded():
 
 
 @pytest.mark.parametrize(
-    ("folds", "fold", "message"),
+    ("overrides", "message"),
     [
-        (1, 0, "data.folds must be at least 2"),
-        (3, 3, r"data.fold must be between 0 and data.folds-1=2, got 3"),
-        (3, -1, "data.fold must be between"),
-        (None, 2, r"data.fold=2 needs data.folds"),
+        (["data.folds=1"], r"data.folds must be null \(no cross-validation\) or a whole number ≥ 2, got 1"),
+        (["data.folds=3", "data.fold=3"], r"data.fold must be between 0 and data.folds-1=2, got 3"),
+        (["data.folds=3", "data.fold=-1"], "data.fold must be a whole number ≥ 0, got -1"),
+        (["data.fold=2"], r"data.fold=2 needs data.folds"),
     ],
 )
-def test_bad_fold_settings_say_which_key(image_folder, folds, fold, message):
-    with pytest.raises(DataError, match=message):
-        ImageDataModule(preset=RGB, root=str(image_folder), num_workers=0, folds=folds, fold=fold)
+def test_bad_fold_settings_say_which_key(image_folder, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config([*small(image_folder), *overrides]))
 
 
 def test_more_folds_than_images_of_a_class_says_lower_folds():
@@ -72,9 +73,7 @@ def test_more_folds_than_images_of_a_class_says_lower_folds():
 def test_datamodule_validates_on_its_fold_and_saves_the_folds(tmp_path: Path):
     root = make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_split={"train": 8, "val": 4})
     run_dir = tmp_path / "run"
-    dm = ImageDataModule(
-        preset=RGB, root=str(root), num_workers=0, folds=3, fold=1, seed=4, run_dir=str(run_dir)
-    )
+    dm = ImageDataModule(data_config(root, num_workers=0, folds=3, fold=1), RGB, seed=4, run_dir=run_dir)
     dm.setup()
     splits = dm.data.splits
     saved = json.loads((run_dir / "folds.json").read_text())
@@ -90,7 +89,7 @@ def test_datamodule_validates_on_its_fold_and_saves_the_folds(tmp_path: Path):
 
 def test_a_test_folder_stays_out_of_the_folds(tmp_path: Path):
     root = make_image_folder(tmp_path / "imgs", per_split={"train": 6, "val": 3, "test": 2})
-    dm = ImageDataModule(preset=RGB, root=str(root), num_workers=0, folds=3, fold=0)
+    dm = ImageDataModule(data_config(root, num_workers=0, folds=3, fold=0), RGB, seed=0)
     assert dm.split_sizes() == {"train": 12, "val": 6, "test": 4}
     assert all("/test/" in item for item in dm.data.splits["test"].items)
     assert dm.data.test_split == "test"

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import make_image_folder, small, train_until_killed
+from tlbench.config.checks import check_config
 from tlbench.models.module import TransferModule
 from tlbench.results.predictions import read_predictions
 from tlbench.run.train import build_datamodule, build_module, compose_config, find_lr, train
@@ -44,7 +45,7 @@ def test_a_policy_changes_train_images_and_leaves_eval_images(
                 generated, f"data.augment={augment}", f"data.pipeline={pipeline}", f"data.in_chans={in_chans}"
             )
         )
-        datamodule = build_datamodule(cfg, tmp_path / augment)
+        datamodule = build_datamodule(check_config(cfg), tmp_path / augment)
         datamodule.setup()
         torch.manual_seed(0)  # the streaming path draws from torch's global generator
         batches[augment] = (
@@ -59,23 +60,23 @@ def test_a_policy_changes_train_images_and_leaves_eval_images(
 
 def test_the_memory_policy_draws_the_same_images_for_the_same_seed_and_epoch(generated, tmp_path):
     cfg = compose_config(quick(generated, "data.augment=trivialaugment", "data.pipeline=memory"))
-    datamodule = build_datamodule(cfg, tmp_path)
+    datamodule = build_datamodule(check_config(cfg), tmp_path)
     datamodule.setup()
     assert torch.equal(first_batch(datamodule.train_dataloader()), first_batch(datamodule.train_dataloader()))
 
 
 def test_an_unknown_policy_is_named_with_the_choices(generated, tmp_path):
     with pytest.raises(
-        ValueError, match=r"data\.augment must be one of crop_flip, trivialaugment, randaugment"
+        ValueError, match=r"data\.augment=.* choose one of: crop_flip, trivialaugment, randaugment"
     ):
-        build_datamodule(compose_config(quick(generated, "data.augment=autoaugment")), tmp_path)
+        check_config(compose_config(quick(generated, "data.augment=autoaugment")))
 
 
 # ---------------------------------------------------------------------------------------- mixup / cutmix
 @pytest.mark.parametrize("mix", ["optim.mixup=0.4", "optim.cutmix=1.0"])
 def test_mixing_makes_soft_targets_and_another_loss(mix, generated, tmp_path):
     cfg = compose_config(quick(generated, mix))
-    datamodule = build_datamodule(cfg, tmp_path)
+    datamodule = build_datamodule(check_config(cfg), tmp_path)
     module = build_module(cfg, datamodule)
     images, targets = next(iter(datamodule.train_dataloader()))
     torch.manual_seed(1)
@@ -99,19 +100,19 @@ def test_mixup_and_cutmix_together_train_an_epoch(generated, tmp_path):
 
 def test_mixing_turns_off_the_feature_cache_it_cannot_use(generated, tmp_path):
     cfg = compose_config(quick(generated, "strategy=freeze", "optim.mixup=0.2"))
-    assert not build_module(cfg, build_datamodule(cfg, tmp_path)).caches_features
+    assert not build_module(cfg, build_datamodule(check_config(cfg), tmp_path)).caches_features
     forced = compose_config(
         quick(generated, "strategy=freeze", "optim.mixup=0.2", "strategy.cache_features=true")
     )
     with pytest.raises(ValueError, match="strategy.cache_features=false"):
-        build_module(forced, build_datamodule(forced, tmp_path))
+        build_module(forced, build_datamodule(check_config(forced), tmp_path))
 
 
 @pytest.mark.parametrize("override", ["optim.mixup=-1", "optim.cutmix=strong"])
 def test_a_bad_alpha_is_named(override, generated, tmp_path):
     cfg = compose_config(quick(generated, override))
     with pytest.raises(ValueError, match=override.split("=")[0].replace(".", r"\.")):
-        build_module(cfg, build_datamodule(cfg, tmp_path))
+        build_module(cfg, build_datamodule(check_config(cfg), tmp_path))
 
 
 # -------------------------------------------------------------------------------------------- optim.ema
@@ -119,7 +120,7 @@ EMA_RUN = ("strategy=full", "optim.ema=0.5", "trainer.max_epochs=2", "data.batch
 
 
 def probabilities(state: dict, cfg, run_dir: Path) -> torch.Tensor:
-    datamodule = build_datamodule(cfg, run_dir)
+    datamodule = build_datamodule(check_config(cfg), run_dir)
     module = build_module(cfg, datamodule)
     module.load_state_dict(state)
     module.eval()
@@ -220,7 +221,9 @@ def test_lr_find_settings_are_checked(generated, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, auto keeps the memory pipeline")
 def test_auto_streams_a_policy_on_a_cpu(generated, tmp_path):
     for augment, pipeline in (("crop_flip", "memory"), ("randaugment", "streaming")):
-        datamodule = build_datamodule(compose_config(quick(generated, f"data.augment={augment}")), tmp_path)
+        datamodule = build_datamodule(
+            check_config(compose_config(quick(generated, f"data.augment={augment}"))), tmp_path
+        )
         datamodule.setup()
         assert datamodule.pipeline.name == pipeline
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, make_image_folder, small
+from conftest import REPO, data_config, make_image_folder, small
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.models.backbones import Preset
 
@@ -31,9 +31,8 @@ RGB = Preset(
 # ------------------------------------------------------------------------------ streaming augmentation
 def streaming_epoch(root: Path, workers: int, epochs: list[int]) -> list[torch.Tensor]:
     """The training images (augmented) of the last of `epochs`, one loader iterated through all of them."""
-    data = ImageDataModule(
-        RGB, root=str(root), in_chans=3, batch_size=4, num_workers=workers, seed=3, pipeline="streaming"
-    )
+    config = data_config(root, batch_size=4, num_workers=workers, pipeline="streaming")
+    data = ImageDataModule(config, RGB, seed=3)
     data.setup()
     epoch = [0]
     loader = data.pipeline.loader("train", True, 4, torch.device("cpu"), lambda: epoch[0])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder, shared_data, small
+from tlbench.config.checks import check_config
 from tlbench.run.train import build_datamodule, build_module, compose_config, train
 
 CONF = resources.files("tlbench.conf")
@@ -57,7 +58,7 @@ def test_every_config_option_composes(group, generated):
 @pytest.mark.parametrize("backbone", options("backbone"))
 def test_every_backbone_config_instantiates(backbone, generated):
     cfg = compose_config([f"backbone={backbone}", *small(generated)])
-    datamodule = build_datamodule(cfg, generated)
+    datamodule = build_datamodule(check_config(cfg), generated)
     module = build_module(cfg, datamodule)
     assert module.num_classes == 2 and module.preset.crop_size > 0
 

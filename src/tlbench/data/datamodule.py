@@ -14,20 +14,19 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from tlbench.config.schema import DataConfig
 from tlbench.data.features import FeaturePipeline
 from tlbench.data.pipelines import (
-    PIPELINES,
     FeedSettings,
     MemoryPipeline,
     StreamingPipeline,
-    augment_policy,
     eval_transform,
     train_transform,
 )
@@ -39,7 +38,6 @@ from tlbench.data.sources import (
     LabelledItems,
     SourceData,
     carve_test_split,
-    check_folds,
     cross_validation_pool,
     fold_of_each,
     load_source,
@@ -49,8 +47,6 @@ from tlbench.data.sources import (
 from tlbench.models.backbones import Preset
 
 log = logging.getLogger(__name__)
-# data.balance: how a training split whose classes differ in size is shown to the network.
-BALANCE = ("none", "loss", "sampler")
 __all__ = ["ImageDataModule", "eval_transform", "train_transform", "with_image_size", "default_cache_dir"]
 
 
@@ -58,8 +54,6 @@ def with_image_size(preset: Preset, image_size: int | None) -> Preset:
     """Train/eval at another resolution, keeping the preset's resize-to-crop ratio."""
     if image_size is None:
         return preset
-    if image_size < 8:
-        raise DataError(f"data.image_size must be at least 8 pixels, got {image_size}")
     ratio = preset.resize_size / preset.crop_size
     return replace(preset, crop_size=int(image_size), resize_size=int(round(image_size * ratio)))
 
@@ -75,76 +69,31 @@ def default_cache_dir(cache_dir: str | None) -> str | None:
 class ImageDataModule(L.LightningDataModule):
     """Train / val / test loaders for one source, sized and normalised for one backbone's preset."""
 
-    def __init__(
-        self,
-        preset: Preset,
-        source: str = "imagefolder",
-        root: str | None = None,
-        in_chans: int = 3,
-        per_class: int | None = None,
-        val_per_class: int | None = None,
-        val_fraction: float = 0.2,
-        image_size: int | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int | None = None,
-        train_crop_scale: Sequence[float] = (0.08, 1.0),
-        hflip: bool = True,
-        augment: str = "crop_flip",
-        on_bad_image: str = "skip",
-        download: bool = True,
-        pipeline: str = "auto",
-        memory_max_gb: float = 8.0,
-        cache_dir: str | None = "auto",
-        folds: int | None = None,
-        fold: int = 0,
-        test_fraction: float | None = None,
-        balance: str = "sampler",
-        seed: int = 0,
-        run_dir: str | None = None,
-    ):
+    def __init__(self, config: DataConfig, preset: Preset, seed: int, run_dir: str | Path | None = None):
+        """`config`: the checked data group (schema.py); `preset`: the backbone's preprocessing; `run_dir`:
+        where the images a run used are recorded (None: nowhere)."""
         super().__init__()
-        if on_bad_image not in ("skip", "error"):
-            raise DataError(f"data.on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
-        if in_chans not in (1, 3):
-            raise DataError(f"data.in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
-        if batch_size < 1:
-            raise DataError(f"data.batch_size must be at least 1, got {batch_size}")
-        if balance not in BALANCE:
-            raise DataError(f"data.balance must be one of {', '.join(BALANCE)}, got {balance!r}")
-        if pipeline not in PIPELINES:
-            raise DataError(f"data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
-        check_folds(folds, fold)
-        augment_policy(augment)  # a wrong data.augment is named now, not after the images are decoded
-        if len(preset.mean) != in_chans:
+        if len(preset.mean) != config.in_chans:
             raise DataError(
-                f"the preset has {len(preset.mean)} channel statistics but data.in_chans={in_chans}"
+                f"the preset has {len(preset.mean)} channel statistics but data.in_chans={config.in_chans}"
             )
-        self.preset = with_image_size(preset, image_size)
-        self.source, self.root, self.in_chans = source, root, in_chans
-        self.per_class, self.val_per_class = per_class, val_per_class
-        self.val_fraction, self.seed = val_fraction, seed
-        self.folds, self.fold = folds, fold
-        self.test_fraction, self.balance = test_fraction, balance
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.train_crop_scale, self.hflip, self.augment = tuple(train_crop_scale), hflip, augment
-        self.on_bad_image, self.download = on_bad_image, download
+        self.config, self.seed = config, seed
+        self.preset = with_image_size(preset, config.image_size)
+        self.batch_size = config.batch_size
+        self.eval_batch_size = config.eval_batch_size or 2 * config.batch_size
+        self.train_crop_scale = tuple(config.train_crop_scale)
         self.run_dir = Path(run_dir) if run_dir else None
-        self.pipeline_choice = pipeline
         self.settings = FeedSettings(
             preset=self.preset,
-            in_chans=in_chans,
+            in_chans=config.in_chans,
             crop_scale=self.train_crop_scale,
-            hflip=hflip,
+            hflip=config.hflip,
             seed=seed,
-            num_workers=(os.cpu_count() or 1) if num_workers is None else num_workers,
-            cache_dir=default_cache_dir(cache_dir),
-            memory_max_gb=memory_max_gb,
-            augment=augment,
-            balanced_sampler=balance == "sampler",
+            num_workers=(os.cpu_count() or 1) if config.num_workers is None else config.num_workers,
+            cache_dir=default_cache_dir(config.cache_dir),
+            memory_max_gb=config.memory_max_gb,
+            augment=config.augment,
+            balanced_sampler=config.balance == "sampler",
         )
         self.pipeline: StreamingPipeline | MemoryPipeline | FeaturePipeline | None = None
         self.data: SourceData | None = None
@@ -162,70 +111,74 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def augments(self) -> bool:
         """Whether two passes over the training images show the network different views."""
-        return self.train_crop_scale != (1.0, 1.0) or self.hflip or self.augment != "crop_flip"
+        return self.train_crop_scale != (1.0, 1.0) or self.config.hflip or self.config.augment != "crop_flip"
 
     def prepare_data(self) -> None:
         # Downloads (when online) happen once here, before workers or ranks read the files. A module
         # already set up in this process (train.py sets up first, to size the head) has its data.
-        if self.source != "imagefolder" and self.data is None:
-            load_source(self.source, self.root, self.val_fraction, self.seed, self.in_chans, self.download)
+        if self.config.source != "imagefolder" and self.data is None:
+            self.load()
+
+    def load(self) -> SourceData:
+        data = self.config
+        return load_source(data.source, data.root, data.val_fraction, self.seed, data.in_chans, data.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is not None:
             return
-        data = load_source(self.source, self.root, self.val_fraction, self.seed, self.in_chans, self.download)
+        data = self.load()
+        per_class, val_per_class = self.config.per_class, self.config.val_per_class
         # Before k-fold and subsets: the carved test images are never trained or validated on.
-        carve_test_split(data, self.test_fraction, self.seed)
-        if self.folds is not None:
+        carve_test_split(data, self.config.test_fraction, self.seed)
+        if self.config.folds is not None:
             self.cross_validate(data)
         for note in data.notes:
             log.info(note)
-        if self.per_class is not None:
+        if per_class is not None:
             data.splits["train"] = data.splits["train"].select(
-                per_class_subset(data.splits["train"], self.per_class, self.seed)
+                per_class_subset(data.splits["train"], per_class, self.seed)
             )
-        if self.val_per_class is not None:
+        if val_per_class is not None:
             # A smaller validation set only where asked: it is checked every epoch.
             val = data.splits["val"]
-            data.splits["val"] = val.select(per_class_subset(val, self.val_per_class, self.seed))
+            data.splits["val"] = val.select(per_class_subset(val, val_per_class, self.seed))
         self.pipeline = self.choose_pipeline(data)
         self.bad_images = self.pipeline.load(data)
         self.report_bad_images()
-        check_every_class_is_present(data, self.root or self.source)
-        if self.per_class is not None:
-            self.save_record("subset.json", data.splits["train"], per_class=self.per_class)
+        check_every_class_is_present(data, self.config.root or self.config.source)
+        if per_class is not None:
+            self.save_record("subset.json", data.splits["train"], per_class=per_class)
         if data.test_split == TEST_CARVED:
-            self.save_record("test_split.json", data.splits["test"], test_fraction=self.test_fraction)
+            self.save_record("test_split.json", data.splits["test"], test_fraction=self.config.test_fraction)
         self.data = data
         log.info("data pipeline: %s", self.pipeline.name)
 
     def cross_validate(self, data: SourceData) -> None:
         """data.folds=K: train and val pooled and split into K folds; fold data.fold validates, the rest
         train. The test split stays; where the source has none, the validation fold stands in for it."""
-        pool = cross_validation_pool(data)
-        assignment = fold_of_each(pool, self.folds, self.seed)
-        data.splits["train"], data.splits["val"] = split_by_fold(pool, assignment, self.fold)
+        pool, folds, fold = cross_validation_pool(data), self.config.folds, self.config.fold
+        assignment = fold_of_each(pool, folds, self.seed)
+        data.splits["train"], data.splits["val"] = split_by_fold(pool, assignment, fold)
         if data.test_split == TEST_IS_VAL:
             data.splits["test"] = data.splits["val"]
         data.notes.append(
-            f"k-fold: train and val pooled ({len(pool)} images) into {self.folds} seeded stratified folds; "
-            f"fold {self.fold} validates"
-            + (", and is the test split" if data.test_split == TEST_IS_VAL else "")
+            f"k-fold: train and val pooled ({len(pool)} images) into {folds} seeded stratified folds; "
+            f"fold {fold} validates" + (", and is the test split" if data.test_split == TEST_IS_VAL else "")
         )
-        self.save_record("folds.json", pool, folds=self.folds, fold=self.fold, fold_of_item=assignment)
+        self.save_record("folds.json", pool, folds=folds, fold=fold, fold_of_item=assignment)
 
     def choose_pipeline(self, data: SourceData) -> StreamingPipeline | MemoryPipeline:
         """`auto`: memory when the decoded splits fit under data.memory_max_gb, else streaming; streaming
         too for an augmentation policy without a GPU."""
-        if self.pipeline_choice == "streaming":
+        if self.config.pipeline == "streaming":
             return StreamingPipeline(self.settings)
         memory = MemoryPipeline(self.settings)
-        if self.pipeline_choice == "memory":
+        if self.config.pipeline == "memory":
             return memory
-        if self.augment != "crop_flip" and not torch.cuda.is_available():
+        if self.config.augment != "crop_flip" and not torch.cuda.is_available():
             # The memory path runs a policy image by image on uint8 tensors in the training process; on a
             # CPU, torchvision's PIL path in loader workers is ~4x faster (benchmarks/AUGMENT_SPEED.md).
-            log.info("data.pipeline=auto: data.augment=%s on a CPU runs faster streaming", self.augment)
+            log.info("data.pipeline=auto: data.augment=%s on a CPU streams (faster)", self.config.augment)
             return StreamingPipeline(self.settings)
         size = memory.size_gb(data, memory.plans(data))
         if size <= self.settings.memory_max_gb:
@@ -242,13 +195,13 @@ class ImageDataModule(L.LightningDataModule):
         if not self.bad_images:
             return
         listing = "\n".join(f"  {path}: {reason}" for path, reason in sorted(self.bad_images.items()))
-        if self.on_bad_image == "error" and len(self.bad_images) == 1:
+        if self.config.on_bad_image == "error" and len(self.bad_images) == 1:
             ((path, reason),) = self.bad_images.items()
             raise DataError(
                 f"unreadable image {path} ({reason}); remove or replace it, or set data.on_bad_image=skip "
                 "to train without it"
             )
-        if self.on_bad_image == "error":
+        if self.config.on_bad_image == "error":
             raise DataError(
                 f"{len(self.bad_images)} unreadable image(s):\n{listing}\n"
                 "Remove or replace them, or set data.on_bad_image=skip to train without them."
@@ -286,7 +239,7 @@ class ImageDataModule(L.LightningDataModule):
         """data.balance=loss: cross-entropy weights from the training split's class counts, inverse frequency
         normalised to mean 1 (so the loss keeps its scale and the learning rates their meaning); else None,
         also where every class has as many images (weights of 1 would only add rounding)."""
-        if self.balance != "loss":
+        if self.config.balance != "loss":
             return None
         counts = torch.bincount(self.labels("train"), minlength=self.num_classes).double()
         if bool((counts == counts[0]).all()):

@@ -53,8 +53,6 @@ def drop_alpha(image: Image.Image) -> Image.Image:
 
 def convert_mode(image: Image.Image, in_chans: int) -> Image.Image:
     """Any PIL mode → the 8-bit mode the network reads ("RGB" for 3 channels, "L" for 1)."""
-    if in_chans not in MODE_FOR_CHANNELS:
-        raise ValueError(f"data.in_chans must be 1 or 3, got {in_chans}")
     image = drop_alpha(to_8bit(image))
     target = MODE_FOR_CHANNELS[in_chans]
     return image if image.mode == target else image.convert(target)

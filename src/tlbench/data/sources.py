@@ -24,7 +24,6 @@ from tlbench.data.images import check_image, convert_mode, read_image
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("imagefolder", "cifar10", "fashion_mnist")
 SPLITS = ("train", "val", "test")
 # What `SourceData.test_split` (and results.json's `test_split`) says the test metrics were measured on.
 TEST_OWN = "test"  # the source's own test split
@@ -106,12 +105,8 @@ def stratified_split(split: LabelledItems, fraction: float, seed: int) -> tuple[
     return split.select(keep), split.select(held_out)
 
 
-def stratified_indices(
-    split: LabelledItems, fraction: float, seed: int, key: str = "data.val_fraction"
-) -> tuple[list[int], list[int]]:
+def stratified_indices(split: LabelledItems, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(kept, held-out) indices, sorted, of a seeded per-class split (see `stratified_split`)."""
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"{key} must be between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
     keep, held_out = [], []
@@ -129,13 +124,11 @@ def carve_test_split(data: SourceData, fraction: float | None, seed: int) -> Non
     (after validation is split off), so the checkpoint is never chosen on the images it is tested on."""
     if fraction is None:
         return
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"data.test_fraction must be between 0 and 1 (or null), got {fraction}")
     if data.test_split != TEST_IS_VAL:
         data.notes.append(f"data.test_fraction={fraction} not used: the source has its own test split")
         return
     train = data.splits["train"]
-    keep, carved = stratified_indices(train, fraction, seed, key="data.test_fraction")
+    keep, carved = stratified_indices(train, fraction, seed)
     data.splits["train"], data.splits["test"] = train.select(keep), train.select(carved)
     data.test_split = TEST_CARVED
     data.notes.append(
@@ -143,23 +136,10 @@ def carve_test_split(data: SourceData, fraction: float | None, seed: int) -> Non
     )
 
 
-def check_folds(folds: int | None, fold: int) -> None:
-    """data.folds / data.fold as a user may set them; one line naming the key when they cannot work."""
-    if folds is None:
-        if fold != 0:
-            raise DataError(f"data.fold={fold} needs data.folds=K (k-fold cross-validation); set data.folds")
-        return
-    if folds < 2:
-        raise DataError(f"data.folds must be at least 2 (or null for no cross-validation), got {folds}")
-    if not 0 <= fold < folds:
-        raise DataError(f"data.fold must be between 0 and data.folds-1={folds - 1}, got {fold}")
-
-
 def fold_of_each(split: LabelledItems, folds: int, seed: int) -> list[int]:
     """Seeded and stratified: the fold (0 … folds-1) of every item. Each class is shuffled and dealt
     round-robin, starting where the previous class stopped, so a class's count, and a fold's size, differ
     between folds by at most one."""
-    check_folds(folds, 0)
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
     assignment = np.empty(len(targets), dtype=int)
@@ -180,7 +160,6 @@ def kfold_split(
     split: LabelledItems, folds: int, fold: int, seed: int
 ) -> tuple[LabelledItems, LabelledItems]:
     """(the other folds, fold `fold`) of a `folds`-way stratified, seeded partition of `split`."""
-    check_folds(folds, fold)
     return split_by_fold(split, fold_of_each(split, folds, seed), fold)
 
 
@@ -202,8 +181,6 @@ def cross_validation_pool(data: SourceData) -> LabelledItems:
 def image_folder_source(root: str | Path, val_fraction: float, seed: int, in_chans: int) -> SourceData:
     """<root>/{train,val[,test]}/<class>/..., or <root>/<class>/... split into train/val by `val_fraction`."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.root={root} does not exist; point data.root at your image folder")
     notes = []
     if (root / "train").is_dir():
         class_lists = {s: list_class_folder(root / s) for s in SPLITS if (root / s).is_dir()}
@@ -337,13 +314,8 @@ def fashion_mnist_source(
 def load_source(
     source: str, root: str | Path | None, val_fraction: float, seed: int, in_chans: int, download: bool
 ) -> SourceData:
-    if source not in SOURCES:
-        raise DataError(f"unknown data source {source!r}; choose one of: {', '.join(SOURCES)}")
+    """The labelled splits of data.source (schema.SOURCES; checked before this)."""
     if source == "imagefolder":
-        if not root:
-            raise DataError(
-                "data=imagefolder needs data.root=<folder with train/ (val/ test/) or class folders>"
-            )
         return image_folder_source(root, val_fraction, seed, in_chans)
     root = Path(root or "data")
     if source == "cifar10":
@@ -354,8 +326,6 @@ def load_source(
 # ---------------------------------------------------------------------------------------- subsets, files
 def per_class_subset(split: LabelledItems, per_class: int, seed: int) -> list[int]:
     """Seeded: exactly `per_class` indices of each class (or all a class has), sorted."""
-    if per_class < 1:
-        raise DataError(f"data.per_class must be a positive number of images or null, got {per_class}")
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
     chosen = []

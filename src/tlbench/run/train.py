@@ -30,6 +30,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench.config.checks import check_against_data, check_config
+from tlbench.config.schema import LOGGERS, RunConfig
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.models.backbones import get_preset
 from tlbench.models.module import TransferModule
@@ -50,10 +51,7 @@ from tlbench.run.runtime import keep_freed_memory
 
 log = logging.getLogger("tlbench")
 
-LOGGERS = ("tensorboard", "csv", "none")
 LOG_FOLDERS = {"tensorboard": "tb", "csv": "csv"}
-# Keys of the data config that are not DataModule arguments.
-DATA_ONLY_FOR_MODULE = ("positive_class", "threshold")
 
 
 def plain(node: Any) -> Any:
@@ -69,10 +67,9 @@ def resolve_precision(precision: str | None) -> str:
     return "32-true"
 
 
-def build_datamodule(cfg: DictConfig, run_dir: Path) -> ImageDataModule:
-    data = {k: v for k, v in plain(cfg.data).items() if k not in DATA_ONLY_FOR_MODULE}
-    preset = get_preset(cfg.backbone.name, cfg.backbone.weights, data["in_chans"])
-    return ImageDataModule(preset=preset, seed=cfg.seed, run_dir=str(run_dir), **data)
+def build_datamodule(run: RunConfig, run_dir: Path) -> ImageDataModule:
+    preset = get_preset(run.backbone.name, run.backbone.weights, run.data.in_chans)
+    return ImageDataModule(run.data, preset, seed=run.seed, run_dir=str(run_dir))
 
 
 def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule:
@@ -224,12 +221,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     # Frozen BatchNorm layers are in eval mode on purpose (strategy.bn=eval); Lightning warns each fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    check_config(cfg)
+    run = check_config(cfg)
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg, run_dir)
+    datamodule = build_datamodule(run, run_dir)
     datamodule.setup()
-    check_against_data(cfg, datamodule.num_classes)  # positive_class, monitor: once the classes are known
+    check_against_data(run, datamodule.num_classes)  # positive_class, monitor: once the classes are known
     sizes = datamodule.split_sizes()
     log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
 
@@ -320,10 +317,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """tune.lr_find=true: the LR range test on this run's data, module and trainer settings (tune.py)."""
-    check_config(cfg)
-    tune.check_tune_settings(plain(cfg.tune))
+    run = check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg, run_dir)
+    datamodule = build_datamodule(run, run_dir)
     datamodule.setup()
     module = build_module(cfg, datamodule)
     if module.caches_features:
@@ -381,9 +377,6 @@ def preflight(cfg: DictConfig, run_dir: Path) -> None:
     force=true has moved the previous run aside: config values, the backbone name and weights tag, the
     image folder, and that the run folder, its checkpoints and its logs can be written."""
     check_config(cfg)
-    get_preset(cfg.backbone.name, cfg.backbone.weights, cfg.data.in_chans)
-    if cfg.data.source == "imagefolder" and not Path(str(cfg.data.root)).expanduser().is_dir():
-        raise ValueError(f"data.root={cfg.data.root} does not exist; point data.root at your image folder")
     for path in (run_dir, run_dir / folder.CHECKPOINT_DIR, run_dir / LOG_FOLDERS.get(cfg.logger.name, "")):
         folder.check_writable(path)
 
