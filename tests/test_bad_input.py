@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import make_image_folder, save_untrained_checkpoint, small
 from tlbench.config.checks import ConfigError, check_against_data, check_config
 from tlbench.data.datamodule import ImageDataModule
-from tlbench.data.fastdata import (
+from tlbench.data.decode import (
     _CACHE_FORMAT,
     cache_file,
     decode_to_uint8,

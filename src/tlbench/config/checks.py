@@ -18,7 +18,8 @@ from omegaconf import DictConfig, ListConfig
 from tlbench.data.datamodule import BALANCE
 from tlbench.data.pipelines import PIPELINES
 from tlbench.data.sources import SOURCES, DataError, check_folds
-from tlbench.models.backbones import IN_CHANS_MODES, get_preset
+from tlbench.models.adapt import IN_CHANS_MODES
+from tlbench.models.backbones import get_preset
 from tlbench.models.module import check_threshold_rule
 from tlbench.models.recipes import check_recipes
 from tlbench.models.steps import CUDA_GRAPH_CHOICES

@@ -22,15 +22,8 @@ import lightning as L
 import torch
 
 from tlbench.data.features import FeaturePipeline
-from tlbench.data.pipelines import (
-    PIPELINES,
-    FeedSettings,
-    MemoryPipeline,
-    StreamingPipeline,
-    augment_policy,
-    eval_transform,
-    train_transform,
-)
+from tlbench.data.pipelines import PIPELINES, FeedSettings, MemoryPipeline, StreamingPipeline
+from tlbench.data.preset import Preset, augment_policy, eval_transform, train_transform
 from tlbench.data.sources import (
     SPLITS,
     TEST_CARVED,
@@ -46,7 +39,6 @@ from tlbench.data.sources import (
     per_class_subset,
     split_by_fold,
 )
-from tlbench.models.backbones import Preset
 
 log = logging.getLogger(__name__)
 # data.balance: how a training split whose classes differ in size is shown to the network.

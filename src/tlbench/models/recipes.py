@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.transforms import v2 as T
 
-from tlbench.data.pipelines import augment_policy
+from tlbench.data.preset import augment_policy
 
 
 class RecipeError(ValueError):
