@@ -1,10 +1,8 @@
-"""Decode once: each image read, resized and cropped a single time into a uint8 tensor, kept on disk.
+"""Decode once: each image read, resized and cropped a single time into uint8, optionally cached on disk.
 
-The streaming path opens, decodes and transforms each image on the CPU every epoch, and the CPU sets the
-pace (two workers feed a ResNet-18 about 800 images/s, where an H100 trains on 10,000+). The in-memory path
-decodes each image once, here, and keeps it as uint8 (optionally in a disk cache keyed by the file list and
-the files' sizes and times); eval images are stored already resized and centre-cropped. This pass is also
-the bad-image check: a file that cannot be decoded is listed, not raised.
+Streaming decodes every image every epoch and the CPU sets the pace (two workers feed a ResNet-18 ~800
+images/s; an H100 trains on 10,000+). The memory pipeline decodes here, once; this pass is also the
+bad-image check: a file that cannot be decoded is listed, not raised.
 """
 
 from __future__ import annotations

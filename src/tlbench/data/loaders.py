@@ -1,9 +1,5 @@
-"""Loaders whose epoch k shows the same order and the same augmentation whether or not the run was resumed.
-
-Every random draw of an epoch comes from a generator seeded by (seed, epoch) alone. `InMemoryLoader` serves
-batches from tensors already on the device (the in-memory pipeline, cached features); `EpochSamples` and
-`EpochLoader` do the same for a DataLoader whose workers decode files (the streaming pipeline).
-"""
+"""Epoch k draws its order and augmentation from (seed, k) alone, resumed or not: `InMemoryLoader` for tensors
+on the device (memory pipeline, cached features), `EpochSamples`/`EpochLoader` for a streaming DataLoader."""
 
 from __future__ import annotations
 
@@ -127,21 +123,6 @@ class EpochSamples(Sampler[tuple[int, int]]):
         return iter([(i, seeds[i]) for i in order.tolist()])
 
 
-class DeferredIterator:
-    """An iterator that starts the real one at the first item asked for."""
-
-    def __init__(self, start: Callable[[], Iterator]):
-        self.start, self.iterator = start, None
-
-    def __iter__(self) -> DeferredIterator:
-        return self
-
-    def __next__(self):
-        if self.iterator is None:
-            self.iterator = self.start()
-        return next(self.iterator)
-
-
 class EpochLoader(DataLoader):
     """A DataLoader whose epoch starts at its first batch, not at `iter()`.
 
@@ -151,4 +132,5 @@ class EpochLoader(DataLoader):
     """
 
     def __iter__(self) -> Iterator:
-        return DeferredIterator(super().__iter__)
+        # A generator: nothing in its body, super().__iter__() included, runs before the first batch is asked.
+        yield from super().__iter__()

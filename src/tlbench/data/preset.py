@@ -15,8 +15,6 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R 601-2 luma weights: what PIL's convert("L") uses, so grayscale statistics match grayscale images.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 # data.augment: what each training image goes through after its random crop and flip. The policies are
@@ -39,9 +37,7 @@ class Preset:
     interpolation: str  # "bilinear" | "bicubic" | "nearest"
 
 
-IMAGENET_PRESET = Preset(
-    IMAGENET_MEAN, IMAGENET_STD, resize_size=256, crop_size=224, interpolation="bilinear"
-)
+IMAGENET_PRESET = Preset((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256, 224, "bilinear")
 
 
 def to_gray(rgb: Preset) -> Preset:

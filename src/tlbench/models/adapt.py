@@ -1,9 +1,6 @@
-"""Adapting a pretrained network to a new task: its classifier removed, its first conv folded for
-grayscale input, and its parameters named in stages from stem to head.
-
-Stages let freeze policies and learning rates say "layer4" or "stage3" without special-casing an
-architecture; `check_stages_cover` proves every parameter is in exactly one.
-"""
+"""A pretrained network adapted to a new task: classifier removed, first conv folded for grayscale, and its
+parameters named in stages from stem to head (each parameter in exactly one), so strategies never
+special-case an architecture."""
 
 from __future__ import annotations
 

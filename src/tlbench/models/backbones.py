@@ -75,9 +75,6 @@ class Backbone:
     feature_dim: int
 
 
-# ----------------------------------------------------------------------------------------------------- names
-
-
 def _resolve_name(name: str) -> tuple[str, str]:
     """(source, architecture) for a backbone name; source is "torchvision", "timm" or "lite0"."""
     if name == LITE0:
@@ -102,9 +99,6 @@ def _unknown_name_message(name: str, candidates: list[str]) -> str:
         f"any torchvision classification model: {torchvision_names}; "
         f"any timm model as {TIMM_PREFIX}<name> (see timm.list_models())."
     )
-
-
-# ---------------------------------------------------------------------------------------------------- preset
 
 
 def get_preset(name: str, weights: str | None = "DEFAULT", in_chans: int = 3) -> Preset:
@@ -168,9 +162,6 @@ def _check_lite0_weights(weights: str | None) -> None:
             f"Unknown weights {weights!r} for {LITE0}. "
             f"Valid: {', '.join(LITE0_WEIGHTS)}, or null for random init."
         )
-
-
-# ----------------------------------------------------------------------------------------------------- build
 
 
 def build_backbone(

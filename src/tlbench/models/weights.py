@@ -1,9 +1,5 @@
-"""Pretrained weights without surprises: found in the local caches first, a download tried only when the
-source answers within seconds, and otherwise one error that lists where we looked and the ways out.
-
-Also the two weight files that are not a hub download: Lite0's ImageNet weights from a pip package, and a
-user's own state dict (`backbone.checkpoint`, .pth or .safetensors).
-"""
+"""Pretrained weights: the local caches first, a download only when the source answers within seconds, else
+one error listing where we looked and the ways out; Lite0's weights from pip; `backbone.checkpoint` files."""
 
 from __future__ import annotations
 
