@@ -48,7 +48,7 @@ lint: install ## ruff check + format check, import layering (lint-imports), decl
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/deptry src
 
-deps-check: install ## deptry, then the wheel in a clean virtualenv (core dependencies only): --help and a fast_dev_run
+deps-check: install ## deptry + the wheel in a clean venv (core deps only): --help, a fast_dev_run (~5 min: installs torch)
 	$(VENV)/bin/deptry src
 	PYTHON=$(PYTHON) TORCH="$(TORCH)" scripts/check_wheel.sh
 
