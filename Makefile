@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format bench tensorboard clean quickstart-data
+.PHONY: help install train test test-fast lint deps-check format bench tensorboard clean quickstart-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -42,9 +42,15 @@ test: install ## the test suite CI runs (CPU, well under 20 minutes)
 test-fast: install ## the tests without the real-data training ones
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
-lint: install ## ruff check + format check
+lint: install ## ruff check + format check, import layering (lint-imports), declared dependencies (deptry)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry src
+
+deps-check: install ## deptry + the wheel in a clean venv (core deps only): --help, a fast_dev_run (~5 min: installs torch)
+	$(VENV)/bin/deptry src
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" scripts/check_wheel.sh
 
 format: install ## ruff format + autofix
 	$(VENV)/bin/ruff format src tests benchmarks

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from tlbench.config.checks import check_config
+from tlbench.run.checks import check_config
 from tlbench.run.train import build_datamodule, compose_config
 
 

@@ -20,14 +20,9 @@ from PIL import Image
 from torch import nn
 
 from conftest import shared_data
-from tlbench.models.backbones import (
-    LUMA_WEIGHTS,
-    Backbone,
-    Preset,
-    WeightsUnavailableError,
-    build_backbone,
-    get_preset,
-)
+from tlbench.data.preset import LUMA_WEIGHTS, Preset
+from tlbench.models.backbones import Backbone, build_backbone, get_preset
+from tlbench.models.weights import WeightsUnavailableError
 
 NUM_CLASSES = 3
 # Nothing downloads here: every family is built from random init, except Lite0 whose weights ship with pip.
@@ -183,13 +178,6 @@ def test_repeat_mode_keeps_the_rgb_conv_and_accepts_one_channel() -> None:
     with torch.no_grad():
         assert torch.allclose(gray.net(x), cached_backbone("resnet18").net(x.repeat(1, 3, 1, 1)))
         assert gray.net.trunk(x).shape == (2, 512)  # feature caching calls the trunk alone
-
-
-def test_unsupported_channel_options_are_rejected() -> None:
-    with pytest.raises(ValueError, match="in_chans must be 1"):
-        build_backbone("resnet18", NUM_CLASSES, in_chans=4, weights=None)
-    with pytest.raises(ValueError, match="sum, mean, repeat"):
-        build_backbone("resnet18", NUM_CLASSES, in_chans=1, weights=None, in_chans_mode="max")
 
 
 # ------------------------------------------------------------------------------------------------ presets

@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from conftest import data_config, make_image_folder, save_untrained_checkpoint, small
-from tlbench.config.checks import ConfigError, check_against_data, check_config
 from tlbench.data.datamodule import ImageDataModule
-from tlbench.data.fastdata import (
+from tlbench.data.decode import (
     _CACHE_FORMAT,
     cache_file,
     decode_to_uint8,
@@ -29,6 +28,7 @@ from tlbench.data.fastdata import (
 from tlbench.data.images import read_image
 from tlbench.data.sources import DataError
 from tlbench.models.backbones import Preset, build_backbone
+from tlbench.run.checks import ConfigError, check_against_data, check_config
 from tlbench.run.train import compose_config, train
 from tlbench.serve.export import main as export_main
 from tlbench.serve.predict import main as predict_main

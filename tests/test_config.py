@@ -13,7 +13,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, make_image_folder, small
-from tlbench.config.checks import ConfigError, check_config
 from tlbench.config.schema import (
     AUGMENTS,
     DataConfig,
@@ -23,6 +22,7 @@ from tlbench.config.schema import (
     TrainerConfig,
     parse,
 )
+from tlbench.run.checks import ConfigError, check_config
 from tlbench.run.train import compose_config, train
 
 GROUPS = ("data", "backbone", "strategy", "optim", "trainer", "logger", "experiment")

@@ -105,7 +105,7 @@ def test_the_balanced_sampler_leaves_a_balanced_split_as_it_was(tmp_path):
 
 
 def test_the_balanced_sampler_keeps_every_image_of_a_nearly_balanced_split():
-    from tlbench.data.fastdata import IMBALANCED_RATIO, epoch_order
+    from tlbench.data.loaders import IMBALANCED_RATIO, epoch_order
 
     def order(majority: int, minority: int) -> torch.Tensor:
         labels = torch.tensor([0] * majority + [1] * minority)

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import data_config, make_image_folder, small
 from tlbench.analysis import report
-from tlbench.config.checks import ConfigError, check_config
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.data.sources import DataError, LabelledItems, fold_of_each, kfold_split
 from tlbench.models.backbones import Preset
 from tlbench.results.predictions import write_predictions
+from tlbench.run.checks import ConfigError, check_config
 from tlbench.run.train import compose_config, describe
 
 RGB = Preset(

@@ -14,8 +14,8 @@ from PIL import Image
 from conftest import data_config, make_image_folder, small, train_until_killed
 from tlbench.data import sources
 from tlbench.data.datamodule import ImageDataModule
+from tlbench.data.preset import Preset
 from tlbench.data.sources import DataError
-from tlbench.models.backbones import Preset
 from tlbench.models.module import TransferModule
 from tlbench.run.train import compose_config, train
 

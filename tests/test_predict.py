@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import save_untrained_checkpoint, shared_data, write_images
 from tlbench.data.images import read_image
-from tlbench.models.backbones import Preset
+from tlbench.data.preset import Preset
 from tlbench.serve.predict import load_model, load_zero_shot, main, predict
 
 

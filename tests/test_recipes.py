@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from conftest import make_image_folder, small, train_until_killed
-from tlbench.config.checks import check_config
 from tlbench.models.module import TransferModule
 from tlbench.results.predictions import read_predictions
+from tlbench.run.checks import check_config
 from tlbench.run.train import build_datamodule, build_module, compose_config, find_lr, train
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder, shared_data, small
-from tlbench.config.checks import check_config
+from tlbench.run.checks import check_config
 from tlbench.run.train import build_datamodule, build_module, compose_config, train
 
 CONF = resources.files("tlbench.conf")

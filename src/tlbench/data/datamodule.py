@@ -23,13 +23,8 @@ import torch
 
 from tlbench.config.schema import DataConfig
 from tlbench.data.features import FeaturePipeline
-from tlbench.data.pipelines import (
-    FeedSettings,
-    MemoryPipeline,
-    StreamingPipeline,
-    eval_transform,
-    train_transform,
-)
+from tlbench.data.pipelines import FeedSettings, MemoryPipeline, StreamingPipeline
+from tlbench.data.preset import Preset, eval_transform, train_transform
 from tlbench.data.sources import (
     SPLITS,
     TEST_CARVED,
@@ -44,7 +39,6 @@ from tlbench.data.sources import (
     per_class_subset,
     split_by_fold,
 )
-from tlbench.models.backbones import Preset
 
 log = logging.getLogger(__name__)
 __all__ = ["ImageDataModule", "eval_transform", "train_transform", "with_image_size", "default_cache_dir"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from tlbench.data.fastdata import InMemoryLoader
+from tlbench.data.loaders import InMemoryLoader
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 

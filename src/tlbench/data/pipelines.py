@@ -4,7 +4,7 @@
                      dataset size, the CPU sets the pace (two workers feed a ResNet-18 ~800 images/s)
   MemoryPipeline     every image decoded once into uint8 (kept on disk between runs), held on the trainer's
                      device; each batch is cropped, flipped and normalised there, with no Python loop over
-                     samples (fastdata.py)
+                     samples (decode.py, augment.py)
   FeaturePipeline    (features.py) wraps either one for strategy=freeze: the frozen trunk's features
                      instead of images
 
@@ -17,40 +17,28 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
+from torch.utils.data import DataLoader, Dataset
 
-from tlbench.data.fastdata import (
-    EvalPreprocess,
-    GpuAugment,
-    InMemoryLoader,
+from tlbench.data.augment import EvalPreprocess, GpuAugment
+from tlbench.data.decode import (
     cache_file,
     decode_to_uint8,
-    epoch_generator,
-    epoch_order,
     file_fingerprint,
     image_sizes,
     load_cached,
     resize_center_crop_uint8,
     save_cached,
 )
+from tlbench.data.loaders import EpochLoader, EpochSamples, InMemoryLoader
+from tlbench.data.preset import Preset, augment_policy, eval_transform, train_transform
 from tlbench.data.sources import SPLITS, DataError, LabelledItems, ReadArray, SourceData, find_bad_files
-from tlbench.models.backbones import Preset
 
 log = logging.getLogger(__name__)
 PIPELINES = ("auto", "streaming", "memory")
-# data.augment: what each training image goes through after its random crop and flip. The policies are
-# torchvision's, with bilinear geometry (tensor rotations and shears support nearest and bilinear only).
-AUGMENT_POLICIES = {
-    "crop_flip": None,
-    "trivialaugment": lambda: T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
-    "randaugment": lambda: T.RandAugment(interpolation=InterpolationMode.BILINEAR),
-}
 
 
 @dataclass(frozen=True)
@@ -68,56 +56,6 @@ class FeedSettings:
     augment: str = "crop_flip"  # data.augment (AUGMENT_POLICIES)
     # data.balance=sampler: training epochs are class-balanced draws instead of permutations.
     balanced_sampler: bool = False
-
-
-# ---------------------------------------------------------------------------------------------- transforms
-def interpolation_mode(name: str) -> InterpolationMode:
-    try:
-        return InterpolationMode(name.lower())
-    except ValueError as error:
-        valid = ", ".join(m.value for m in InterpolationMode)
-        raise DataError(f"unknown interpolation {name!r}; choose one of: {valid}") from error
-
-
-def to_normalized_tensor(preset: Preset) -> list:
-    return [
-        T.ToImage(),
-        T.ToDtype(torch.float32, scale=True),
-        T.Normalize(list(preset.mean), list(preset.std)),
-    ]
-
-
-def eval_transform(preset: Preset) -> T.Compose:
-    resize = T.Resize(
-        preset.resize_size, interpolation=interpolation_mode(preset.interpolation), antialias=True
-    )
-    return T.Compose([resize, T.CenterCrop(preset.crop_size), *to_normalized_tensor(preset)])
-
-
-def augment_policy(name: str) -> T.Transform | None:
-    """data.augment → the torchvision policy (None for crop_flip). Works on RGB and grayscale (L) images and
-    on uint8 tensors of 1 or 3 channels: colour operations leave a single channel as it is."""
-    if name not in AUGMENT_POLICIES:
-        raise DataError(f"data.augment must be one of {', '.join(AUGMENT_POLICIES)}, got {name!r}")
-    make = AUGMENT_POLICIES[name]
-    return make() if make is not None else None
-
-
-def train_transform(
-    preset: Preset,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    hflip: bool = True,
-    augment: str = "crop_flip",
-) -> T.Compose:
-    crop = T.RandomResizedCrop(
-        preset.crop_size,
-        scale=tuple(crop_scale),
-        interpolation=interpolation_mode(preset.interpolation),
-        antialias=True,
-    )
-    flip = [T.RandomHorizontalFlip()] if hflip else []
-    policy = augment_policy(augment)
-    return T.Compose([crop, *flip, *([policy] if policy else []), *to_normalized_tensor(preset)])
 
 
 def drop_items(data: SourceData, bad: dict[str, str]) -> None:
@@ -146,66 +84,6 @@ class ImageListDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(image), self.split.targets[index]
-
-
-class EpochSamples(Sampler[tuple[int, int]]):
-    """Each epoch, an order and one augmentation seed per image, all drawn from (seed, epoch): a resumed run
-    sees the order and the crops it would have seen. The order is shuffled (`epoch_order`; a class-balanced
-    draw when `balanced`, data.balance=sampler) or, with `shuffle=False`, dataset order.
-
-    DataLoader workers cannot do this themselves: they are seeded once when they start (and persist
-    across epochs), so a resumed run's workers would start from a different state than the uninterrupted
-    run's had reached by then.
-    """
-
-    def __init__(
-        self,
-        labels: list[int],
-        seed: int,
-        epoch_of: Callable[[], int],
-        shuffle: bool = True,
-        balanced: bool = False,
-    ):
-        self.labels, self.seed, self.epoch_of = torch.tensor(labels), seed, epoch_of
-        self.shuffle, self.balanced = shuffle, balanced
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = epoch_generator(torch.device("cpu"), self.seed, self.epoch_of())
-        n = len(self.labels)
-        order = epoch_order(self.labels, generator, self.balanced) if self.shuffle else torch.arange(n)
-        # Per image, not per position: an image gets the same crop in an epoch whatever the order.
-        seeds = torch.randint(2**62, (n,), generator=generator).tolist()
-        return iter([(i, seeds[i]) for i in order.tolist()])
-
-
-class DeferredIterator:
-    """An iterator that starts the real one at the first item asked for."""
-
-    def __init__(self, start: Callable[[], Iterator]):
-        self.start, self.iterator = start, None
-
-    def __iter__(self) -> DeferredIterator:
-        return self
-
-    def __next__(self):
-        if self.iterator is None:
-            self.iterator = self.start()
-        return next(self.iterator)
-
-
-class EpochLoader(DataLoader):
-    """A DataLoader whose epoch starts at its first batch, not at `iter()`.
-
-    Worker processes prefetch the sampler's indices as soon as an iterator exists, and Lightning creates
-    the first one while it restores a checkpoint, before the resumed epoch is known: that epoch would get
-    epoch 0's order and crops. Deferred, the sampler reads the epoch when the epoch's first batch is due.
-    """
-
-    def __iter__(self) -> Iterator:
-        return DeferredIterator(super().__iter__)
 
 
 def find_unreadable(files: list[str], cache_dir: str | None) -> dict[str, str]:

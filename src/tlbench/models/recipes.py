@@ -4,7 +4,7 @@
   optim.ema                      evaluate and checkpoint an exponential moving average of the weights
   trainer.early_stopping_patience  stop when the monitored validation metric stops improving
 
-(The augmentation policy, data.augment, lives with the other transforms in pipelines.py; the LR finder in
+(The augmentation policy, data.augment, lives with the other transforms in data/preset.py; the LR finder in
 tune.py.) Each value is checked where it is read, and a wrong one is named with what to write instead.
 """
 
@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.transforms import v2 as T
 
-from tlbench.data.pipelines import augment_policy
+from tlbench.data.preset import augment_policy
 
 
 class RecipeError(ValueError):

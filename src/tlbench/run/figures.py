@@ -18,10 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from tlbench.data.preset import denormalize
+
 __all__ = [
     "RunFigureRecorder",
     "confusion_matrix_figure",
-    "denormalize",
     "image_grid_figure",
     "log_images",
     "most_confidently_wrong",
@@ -32,14 +33,6 @@ __all__ = [
 FIGURES_DIR = "figures"
 # Counts stay readable inside the cells up to about this many classes.
 _ANNOTATE_MAX_CLASSES = 30
-
-
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Normalised (B, C, H, W) images back to [0, 1], on the CPU: what a person would have seen."""
-    images = images.detach().float().cpu()
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images * std_t + mean_t).clamp(0, 1)
 
 
 def most_confidently_wrong(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:

@@ -29,7 +29,6 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, On
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tlbench.config.checks import check_against_data, check_config
 from tlbench.config.schema import LOGGERS, RunConfig
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.models.backbones import get_preset
@@ -46,6 +45,7 @@ from tlbench.results.files import (
 )
 from tlbench.results.predictions import write_predictions
 from tlbench.run import folder, sweep, tune
+from tlbench.run.checks import check_against_data, check_config
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
 from tlbench.run.runtime import keep_freed_memory
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlbench.run.figures import denormalize
+from tlbench.data.preset import denormalize
 
 __all__ = ["cam_overlay", "grad_cam", "target_layer"]
 

@@ -25,11 +25,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tlbench.data.datamodule import eval_transform
 from tlbench.data.images import BadImageError, read_image
+from tlbench.data.preset import Preset, eval_transform
 from tlbench.data.sources import IMAGE_EXTENSIONS
-from tlbench.models.backbones import Preset, WeightsUnavailableError, build_imagenet_classifier
+from tlbench.models.backbones import build_imagenet_classifier
 from tlbench.models.module import TransferModule, decide
+from tlbench.models.weights import WeightsUnavailableError
 from tlbench.serve.export import load_checkpoint
 
 

@@ -13,17 +13,10 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms.v2 import functional as TF
 
-from tlbench.data import fastdata
-from tlbench.data.fastdata import (
-    EvalPreprocess,
-    GpuAugment,
-    InMemoryLoader,
-    decode_to_uint8,
-    image_sizes,
-    resize_center_crop_uint8,
-    resized_crop,
-    sample_crop_boxes,
-)
+from tlbench.data import decode
+from tlbench.data.augment import EvalPreprocess, GpuAugment, resized_crop, sample_crop_boxes
+from tlbench.data.decode import decode_to_uint8, image_sizes, resize_center_crop_uint8
+from tlbench.data.loaders import InMemoryLoader
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -185,7 +178,7 @@ def test_disk_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, monk
     def no_decoding(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(fastdata, "read_image", no_decoding)
+    monkeypatch.setattr(decode, "read_image", no_decoding)
     assert torch.equal(decode_to_uint8(paths, 16, cache_dir=cache).images, first)
     monkeypatch.undo()
 
