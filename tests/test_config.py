@@ -115,7 +115,7 @@ def test_a_message_says_what_null_means_and_gives_an_example():
 
 
 def test_every_declared_augment_policy_is_implemented():
-    from tlbench.data.pipelines import AUGMENT_POLICIES
+    from tlbench.data.preset import AUGMENT_POLICIES
 
     assert set(AUGMENT_POLICIES) == set(AUGMENTS)
 
