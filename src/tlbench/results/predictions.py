@@ -15,13 +15,15 @@ files pair row for row by `item`.
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tlbench.results.files import write_atomic
 
 PREDICTIONS_FILE = "predictions.csv"
 PROB_PREFIX = "prob_"
@@ -69,16 +71,12 @@ def write_predictions(
             len(items),
         )
         return None
-    path = Path(run_dir) / PREDICTIONS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["item", "label", *(PROB_PREFIX + name for name in classes)])
-        for item, target, row in zip(items, targets, probs, strict=True):
-            writer.writerow([item_id(item), classes[int(target)], *(f"{p:.6g}" for p in row)])
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["item", "label", *(PROB_PREFIX + name for name in classes)])
+    for item, target, row in zip(items, targets, probs, strict=True):
+        writer.writerow([item_id(item), classes[int(target)], *(f"{p:.6g}" for p in row)])
+    return write_atomic(Path(run_dir) / PREDICTIONS_FILE, text.getvalue())
 
 
 def read_predictions(run_dir: str | Path) -> Predictions | None:
