@@ -21,10 +21,7 @@ from tlbench.analysis.summary import (
 )
 
 RELIABILITY_BINS = 10
-
-
-def file_part(name: str) -> str:
-    return name.replace("/", "_")
+POINT = {"markersize": 8, "capsize": 3, "linestyle": "none"}  # a configuration in the cost charts
 
 
 def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Path:
@@ -108,7 +105,7 @@ def plot_learning_curves(groups: list[Group], out_dir: Path, metric: str = RANK_
         ax.set_title(f"{backbone}: {METRICS[metric]} vs data size")
         ax.legend(title="strategy", fontsize="small")
         ax.grid(alpha=0.3)
-        path = out_dir / f"learning_curve_{file_part(backbone)}.png"
+        path = out_dir / f"learning_curve_{backbone.replace('/', '_')}.png"
         fig.savefig(path, dpi=120)
         paths.append(path)
     return paths
@@ -144,17 +141,9 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
             known = [(g, by) for g, by in members if g.stats[key].mean is not None]
             for g, dominated_by in known:
                 colour, accuracy = colours[g.label], g.stats[metric]
-                ax.errorbar(
-                    g.stats[key].mean,
-                    accuracy.mean,
-                    yerr=accuracy.std or 0.0,
-                    marker=markers[g.backbone],
-                    markersize=8,
-                    color=colour,
-                    markerfacecolor="none" if dominated_by else colour,
-                    capsize=3,
-                    linestyle="none",
-                )
+                face = "none" if dominated_by else colour
+                style = {"color": colour, "markerfacecolor": face, "marker": markers[g.backbone]}
+                ax.errorbar(g.stats[key].mean, accuracy.mean, accuracy.std or 0, **style, **POINT)
             more_is_better = key in MORE_IS_BETTER
             if len(known) > 1:
                 costs = np.array([g.stats[key].mean for g, _ in known])
@@ -166,17 +155,12 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
             ax.set_ylabel(METRICS[metric])
             ax.set_title(f"{data}, {size_label(per_class)}", fontsize="small")
             ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colours[s], marker="o", linestyle="none", label=s) for s in strategies]
+    dot = {"marker": "o", "linestyle": "none"}
+    handles = [Line2D([], [], color=colours[s], label=s, **dot) for s in strategies]
     if len(backbones) > 1:
-        handles += [
-            Line2D([], [], color="black", marker=markers[b], linestyle="none", label=b) for b in backbones
-        ]
-    handles += [
-        Line2D(
-            [], [], color="black", marker="o", markerfacecolor="none", linestyle="none", label="dominated"
-        ),
-        Line2D([], [], color="grey", linestyle="--", label="frontier of the panel"),
-    ]
+        handles += [Line2D([], [], color="black", label=b, **dot | {"marker": markers[b]}) for b in backbones]
+    handles += [Line2D([], [], color="black", markerfacecolor="none", label="dominated", **dot)]
+    handles += [Line2D([], [], color="grey", linestyle="--", label="frontier of the panel")]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small")
     fig.suptitle(f"{METRICS[metric]} (mean ± std over seeds) against cost")
     fig.savefig(path, dpi=110)
@@ -225,6 +209,6 @@ def plot_reliability(analysis: Analysis, out_dir: Path) -> list[Path]:
             ax.legend(title="strategy", fontsize="small", loc="upper left")
             ax.grid(alpha=0.3)
         fig.suptitle(f"{backbone}: reliability (test images of every seed)")
-        paths.append(out_dir / f"reliability_{file_part(backbone)}.png")
+        paths.append(out_dir / f"reliability_{backbone.replace('/', '_')}.png")
         fig.savefig(paths[-1], dpi=110)
     return paths

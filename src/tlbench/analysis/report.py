@@ -20,6 +20,7 @@ import io
 import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ from tlbench.analysis.summary import (
     METRICS,
     RANK_BY,
     Analysis,
-    Stat,
     analyse,
     fmt_mean,
     fmt_stat,
@@ -184,16 +184,9 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
         ("Missing runs", found.missing),
     ):
         if problems or title in ("Failed runs", "Missing runs"):
-            lines += [f"## {title} ({len(problems)})", ""]
-            lines += [f"- {code(relative(p.path, found.root))}: {md(p.detail)}" for p in problems] or [
-                "None."
-            ]
-            lines += [""]
+            items = [f"- {code(relative(p.path, found.root))}: {md(p.detail)}" for p in problems]
+            lines += [f"## {title} ({len(problems)})", "", *(items or ["None."]), ""]
     return "\n".join(lines)
-
-
-def stat_json(stat: Stat) -> dict[str, Any]:
-    return {"mean": stat.mean, "std": stat.std, "n": stat.n}
 
 
 def json_safe(value: Any) -> Any:
@@ -209,16 +202,9 @@ def json_safe(value: Any) -> Any:
 
 def summary_json(found: Found, analysis: Analysis) -> dict[str, Any]:
     groups = [
-        {
-            "data": g.data,
-            "backbone": g.backbone,
-            "per_class": g.per_class,
-            "strategy": g.strategy,
-            "setting": g.setting,
-            "n": len(g.runs),
-            "seeds": g.seeds,
-            **{key: stat_json(g.stats[key]) for key in (*METRICS, *COSTS)},
-        }
+        {"data": g.data, "backbone": g.backbone, "per_class": g.per_class, "strategy": g.strategy}
+        | {"setting": g.setting, "n": len(g.runs), "seeds": g.seeds}
+        | {key: asdict(g.stats[key]) for key in (*METRICS, *COSTS)}
         for g in analysis.groups
     ]
     verdicts = [
@@ -248,7 +234,7 @@ def summary_json(found: Found, analysis: Analysis) -> dict[str, Any]:
             "std": "sample standard deviation over seeds (ddof=1); null when n=1",
             "groups": groups,
             "verdict": verdicts,
-            "crossings": [{"data": d, "backbone": b} | c.to_json() for (d, b), c in analysis.crossings],
+            "crossings": [{"data": d, "backbone": b} | asdict(c) for (d, b), c in analysis.crossings],
             "pareto": pareto_rows,
             **problems,
         }
@@ -296,8 +282,9 @@ def results_csv(found: Found) -> str:
     return text.getvalue()
 
 
-def write_files(found: Found, analysis: Analysis, out_dir: Path) -> Path:
+def write_report(found: Found, out_dir: str | Path, analysis: Analysis | None = None) -> Path:
     """Every output file of the report into out_dir; returns the path of summary.md."""
+    analysis, out_dir = analysis or analyse(found.runs), Path(out_dir)
     write_atomic(out_dir / "results.csv", results_csv(found))
     write_atomic(out_dir / "summary.json", json.dumps(summary_json(found, analysis), indent=2) + "\n")
     summary = write_atomic(out_dir / "summary.md", render_summary_md(found, analysis))
@@ -310,30 +297,13 @@ def write_files(found: Found, analysis: Analysis, out_dir: Path) -> Path:
     return summary
 
 
-def write_report(found: Found, out_dir: str | Path) -> Path:
-    """Every output file of the report into out_dir; returns the path of summary.md."""
-    return write_files(found, analyse(found.runs), Path(out_dir))
-
-
-def print_report(found: Found, out_dir: str | Path) -> Path:
-    """Write the report and print its table, verdict and counts; returns the path of summary.md."""
-    analysis = analyse(found.runs)
-    summary = write_files(found, analysis, Path(out_dir))
-    print(render_table(analysis.groups))
-    print("\n" + verdict_text(analysis))
-    print(f"\n{count_line(found)}\nreport: {summary}")
-    return summary
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tlbench.report",
         description="Summarize every results.json below a folder (a sweep, or all of outputs/).",
     )
     parser.add_argument("folder", type=Path, help="e.g. outputs/multirun/strategies")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where to write the report (default: the folder)"
-    )
+    parser.add_argument("--out", type=Path, help="where to write the report (default: the folder)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         print(f"error: {args.folder} is not a folder", file=sys.stderr)
@@ -346,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print_report(found, args.out or args.folder)
+    analysis = analyse(found.runs)
+    summary = write_report(found, args.out or args.folder, analysis)
+    print(render_table(analysis.groups), verdict_text(analysis), count_line(found), sep="\n\n")
+    print(f"report: {summary}")
     return 0
 
 

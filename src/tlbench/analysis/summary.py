@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from tlbench.analysis.collect import ALL, Run
 from tlbench.analysis.markdown import md, table
 from tlbench.results.predictions import Predictions, read_predictions
 
-CONTEXT_KEYS = ("data", "backbone", "per_class")  # what a comparison is grouped by
 METRICS = {"test/acc": "test acc", "test/f1_macro": "macro-F1", "test/auroc": "AUROC", "test/ece": "ECE"}
 COSTS = {
     "wall_time_s": "wall time (s)",
@@ -102,7 +102,8 @@ def size_rank(per_class: int | str) -> tuple[int, int]:
 def varying_params(runs: list[Run]) -> list[str]:
     """Params besides the grouping keys and the replicate (seed, fold) that take more than one value among
     the runs of one data × backbone × data size × strategy cell."""
-    keys = {k for run in runs for k in run.params} - {*CONTEXT_KEYS, "strategy", "seed", "fold"}
+    fixed = {"data", "backbone", "per_class", "strategy", "seed", "fold"}
+    keys = {k for run in runs for k in run.params} - fixed
     values: dict[tuple, set[str]] = {}
     for run in runs:
         for k in keys:
@@ -178,12 +179,10 @@ def render_table(groups: list[Group]) -> str:
 
 
 # ---------------------------------------------------------------------- verdicts, crossings and frontier
-def samples_of(
-    groups: list[Group], predictions: dict[Path, Predictions | None]
-) -> dict[tuple, dict[str, dict[Any, verdict.Sample]]]:
+def samples_of(groups: list[Group], predictions: dict[Path, Predictions | None]) -> dict[tuple, dict]:
     """context -> strategy label -> replicate -> that run's accuracy and per-image scores. A replicate that
     ran twice counts once: the run folder that sorts last."""
-    samples: dict[tuple, dict[str, dict[Any, verdict.Sample]]] = {}
+    samples: dict[tuple, dict[str, dict[Any, verdict.Sample]]] = {}  # as verdict.judge takes them
     for g in groups:
         arm = samples.setdefault(g.context, {}).setdefault(g.label, {})
         for run in sorted(g.runs, key=lambda r: r.path):
@@ -215,11 +214,10 @@ def find_crossings(decisions: list[verdict.GroupVerdict]) -> list[tuple[tuple[st
     for key, members in curves.items():
         members.sort(key=lambda d: d.context[2])
         labels = sorted({label for d in members for label, _ in d.ranking}, key=strategy_rank)
-        for i, a in enumerate(labels):
-            for b in labels[i + 1 :]:
-                points = [(d.context[2], c) for d in members if (c := oriented(d, a, b)) is not None]
-                if len(points) >= 2 and all(not math.isnan(c.diff) for _, c in points):
-                    found.append((key, verdict.crossing([n for n, _ in points], [c for _, c in points])))
+        for a, b in combinations(labels, 2):
+            points = [(d.context[2], c) for d in members if (c := oriented(d, a, b)) is not None]
+            if len(points) >= 2 and all(not math.isnan(c.diff) for _, c in points):
+                found.append((key, verdict.crossing([n for n, _ in points], [c for _, c in points])))
     return found
 
 

@@ -1,5 +1,5 @@
 """Is one strategy better than another, or can the runs not tell? Paired comparisons, Holm-corrected,
-and one verdict line per data × backbone × data size. Pure statistics: the report (report.py) reads the
+and one verdict line per data × backbone × data size. Pure statistics: the report (summary.py) reads the
 run folders and hands the numbers in.
 
 **The paired bootstrap** (`compare`). Two strategies A and B are paired by seed: runs with the same seed
@@ -123,7 +123,6 @@ class GroupVerdict:
     winner: str | None
     tied: list[str]  # the set that cannot be told apart from the best (winner alone when there is one)
     seeds_to_separate: dict[str, int | str | None]  # tied strategy -> seeds in all (or why not)
-    text: str
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +133,34 @@ class GroupVerdict:
             "comparisons": [c.to_json() for c in self.comparisons],
             "verdict": self.text,
         }
+
+    @property
+    def text(self) -> str:
+        """The verdict in one line of Markdown."""
+        best = self.ranking[0][0]
+        vs_best = {c.b: c for c in self.comparisons if c.a == best}
+        how = "; ".join(sorted({c.method + (f": {c.note}" if c.note else "") for c in vs_best.values()}))
+        if len(self.ranking) == 1:
+            return f"only **{md(best)}** ran"
+        if self.winner is not None:
+            leads = ", ".join(
+                f"{md(o)} by {fmt_diff(c)} (Holm p {fmt_p(c.p_holm)})" for o, c in vs_best.items()
+            )
+            return f"**{md(self.winner)}** wins: ahead of {leads} [{how}]"
+        parts = []
+        for other in self.tied[1:]:
+            c, n = vs_best[other], self.seeds_to_separate.get(other)
+            gap = f"{md(best)} − {md(other)} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}"
+            if isinstance(n, int):
+                more = max(0, n - len(c.seeds))
+                parts.append(f"{gap}; ~{more} more seeds ({n} in all) would separate them at this variance")
+            else:
+                parts.append(f"{gap}; {n or 'one seed: no variance to extrapolate from'}")
+        text = f"{', '.join(f'**{md(s)}**' for s in self.tied)} cannot be told apart ({'; '.join(parts)})"
+        behind = [o for o in vs_best if o not in self.tied]
+        if behind:
+            text += f"; behind: {', '.join(map(md, behind))}"
+        return f"{text} [{how}]"
 
 
 def seed_key(seed: Any) -> tuple[tuple[bool, str], ...]:
@@ -289,33 +316,6 @@ def fmt_diff(c: Comparison) -> str:
     return f"{c.diff:+.3f}{interval}"
 
 
-def describe(
-    ranking: list[tuple[str, float]], vs_best: dict[str, Comparison], winner: str | None, needed: dict
-) -> str:
-    best = ranking[0][0]
-    how = "; ".join(sorted({c.method + (f": {c.note}" if c.note else "") for c in vs_best.values()}))
-    if len(ranking) == 1:
-        return f"only **{md(best)}** ran"
-    if winner is not None:
-        leads = ", ".join(f"{md(o)} by {fmt_diff(c)} (Holm p {fmt_p(c.p_holm)})" for o, c in vs_best.items())
-        return f"**{md(winner)}** wins: ahead of {leads} [{how}]"
-    tied = [best, *(o for o, c in vs_best.items() if not c.separated)]
-    behind = [o for o, c in vs_best.items() if c.separated]
-    parts = []
-    for other in tied[1:]:
-        c, n = vs_best[other], needed.get(other)
-        gap = f"{md(best)} − {md(other)} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}"
-        if isinstance(n, int):
-            more = max(0, n - len(c.seeds))
-            parts.append(f"{gap}; ~{more} more seeds ({n} in all) would separate them at this variance")
-        else:
-            parts.append(f"{gap}; {n or 'one seed: no variance to extrapolate from'}")
-    text = f"{', '.join(f'**{md(s)}**' for s in tied)} cannot be told apart ({'; '.join(parts)})"
-    if behind:
-        text += f"; behind: {', '.join(map(md, behind))}"
-    return f"{text} [{how}]"
-
-
 def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) -> GroupVerdict:
     """All pairs of strategies of one data × backbone × data size, Holm-adjusted, and the verdict."""
     rng = np.random.default_rng(seed)
@@ -329,8 +329,7 @@ def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) 
     winner = best if vs_best and all(c.separated for c in vs_best.values()) else None
     tied = [best] if winner else [best, *(o for o, c in vs_best.items() if not c.separated)]
     needed = {o: seeds_needed(vs_best[o].diff, vs_best[o].seed_sd, vs_best[o].image_var) for o in tied[1:]}
-    text = describe(ranking, vs_best, winner, needed)
-    return GroupVerdict(context, ranking, comparisons, winner, tied, needed, text)
+    return GroupVerdict(context, ranking, comparisons, winner, tied, needed)
 
 
 @dataclass
@@ -345,9 +344,6 @@ class Crossing:
     high: float | None
     share: float | None  # share of bootstrap replicates that end with A ahead after a change of lead
     text: str
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def last_crossing(sizes: np.ndarray, diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -378,12 +374,8 @@ def crossing(sizes: list[int], comparisons: list[Comparison]) -> Crossing:
     at = float(found[0])
     shown = ", ".join(f"{n}: {fmt_diff(c)}" for n, c in zip(sizes, comparisons, strict=True))
     if math.isnan(at):
-        if diffs[-1] == 0:
-            text = f"{name_a} and {name_b} end level (A − B by size: {shown})"
-        else:
-            text = (
-                f"{name_a} is ahead of {name_b} at every size ({name_a} − {name_b} by images/class: {shown})"
-            )
+        how = f"and {name_b} end level" if diffs[-1] == 0 else f"is ahead of {name_b} at every size"
+        text = f"{name_a} {how} ({name_a} − {name_b} by images/class: {shown})"
         return Crossing(a, b, list(sizes), diffs.tolist(), None, None, None, None, None, text)
     k = int(before[0])
     between = (sizes[k], sizes[k + 1])

@@ -64,12 +64,8 @@ def write_predictions(
     item once, as with fast_dev_run, limit_test_batches or a test split sharded over DDP ranks."""
     probs, targets = np.asarray(probs, dtype=float), np.asarray(targets)
     if len(probs) != len(items) or len(targets) != len(items):
-        log.warning(
-            "no %s: %d predictions for %d test images (a partial test pass)",
-            PREDICTIONS_FILE,
-            len(probs),
-            len(items),
-        )
+        why = f"{len(probs)} predictions for {len(items)} test images (a partial test pass)"
+        log.warning("no %s: %s", PREDICTIONS_FILE, why)
         return None
     text = io.StringIO()
     writer = csv.writer(text)
@@ -81,10 +77,8 @@ def write_predictions(
 
 def read_predictions(run_dir: str | Path) -> Predictions | None:
     """The run's predictions, or None when it has no (readable) predictions.csv."""
-    path = Path(run_dir) / PREDICTIONS_FILE
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.reader(handle))
+        rows = list(csv.reader(io.StringIO((Path(run_dir) / PREDICTIONS_FILE).read_text(), newline="")))
     except OSError:
         return None
     if not rows or rows[0][:2] != ["item", "label"]:
@@ -93,9 +87,8 @@ def read_predictions(run_dir: str | Path) -> Predictions | None:
     index = {name: i for i, name in enumerate(classes)}
     body = rows[1:]
     try:
-        probs = np.array([[float(p) for p in row[2:]] for row in body], dtype=float).reshape(
-            len(body), len(classes)
-        )
+        probs = np.array([[float(p) for p in row[2:]] for row in body], dtype=float)
+        probs = probs.reshape(len(body), len(classes))
         targets = np.array([index[row[1]] for row in body], dtype=int)
     except (ValueError, KeyError):
         return None
