@@ -118,7 +118,8 @@ def device_name() -> str:
 def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], object]) -> Path:
     """Write `content` (text, bytes, or a function that writes into a binary file) to a temporary file
     beside `path`, flush it to disk and rename it over `path`: a reader sees the old file or the new one,
-    never half of one, and a crash or a full disk leaves neither half a file nor the temporary one."""
+    never half of one, and a write that fails (a full disk, an error) keeps the old file and removes its
+    temporary one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
