@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
 from tlbench.analysis import report
 from tlbench.results.predictions import write_predictions
@@ -76,21 +77,20 @@ def test_means_and_sample_stds_over_seeds(sweep_dir: Path):
     assert [g["strategy"] for g in summary["groups"]] == ["freeze", "partial", "full"]
 
 
-def test_names_the_best_strategy_and_its_lead_in_pooled_sds(sweep_dir: Path):
+def test_names_the_best_strategy_and_its_lead_with_an_interval(sweep_dir: Path):
     report.write_report(report.find_runs(sweep_dir), sweep_dir)
-    (best,) = json.loads((sweep_dir / "summary.json").read_text())["best"]
+    (decision,) = json.loads((sweep_dir / "summary.json").read_text())["verdict"]
 
-    assert (best["best"], best["runner_up"]) == ("full", "partial")
-    assert best["margin"] == pytest.approx(0.04)
-    pooled = math.sqrt((0.02828427**2 + 0.01414214**2) / 2)  # one degree of freedom each
-    assert best["pooled_std"] == pytest.approx(pooled)
-    assert best["margin_in_pooled_std"] == pytest.approx(0.04 / pooled)
+    assert [r["strategy"] for r in decision["ranking"]] == ["full", "partial", "freeze"]
+    top = decision["comparisons"][0]
+    assert (top["a"], top["b"], top["method"]) == ("full", "partial", "paired t-test")
+    # Paired by seed, full − partial is 0.05 and 0.03: mean 0.04, SD 0.01414 on one degree of freedom.
+    half = stats.t.ppf(0.975, 1) * 0.01414214 / math.sqrt(2)
+    assert (top["diff"], top["low"], top["high"]) == pytest.approx((0.04, 0.04 - half, 0.04 + half))
     text = (sweep_dir / "summary.md").read_text()
-    assert (
-        "**full** (0.9200 ± 0.0141) beats partial (0.8800 ± 0.0283) by 0.0400 test acc = 1.79 pooled SD"
-        in text
-    )
-    assert "pooled" in text and "n1+n2-2" in text
+    assert "## Best strategy" in text
+    assert "By mean test acc: full 0.9200 ± 0.0141 (n=2), partial 0.8800 ± 0.0283 (n=2), freeze" in text
+    assert "| full − partial | +0.040 [-0.087, +0.167] | 0.16 | 0.16 | paired t-test" in text
 
 
 def test_failed_and_missing_runs_are_listed(sweep_dir: Path):
@@ -137,7 +137,7 @@ def test_learning_curve_per_backbone_when_data_size_varies(tmp_path: Path):
         (30, "freeze"),
     ]
     assert summary["groups"][-1]["per_class"] == "all"
-    assert len(summary["best"]) == 4  # one verdict per data size
+    assert len(summary["verdict"]) == 4  # one verdict per data size
 
 
 def test_single_seed_has_no_spread(tmp_path: Path):
@@ -147,10 +147,10 @@ def test_single_seed_has_no_spread(tmp_path: Path):
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert group(summary, "full")["test/acc"] == {"mean": 0.9, "std": None, "n": 1}
-    assert summary["best"][0]["note"] == "n=1: no spread"
+    assert summary["verdict"][0]["seeds_to_separate"] == {"freeze": None}
     text = (tmp_path / "summary.md").read_text()
     assert "0.9000 ± –" in text
-    assert "beats freeze (0.8000 ± –) by 0.1000 test acc; n=1: no spread." in text
+    assert "full − freeze = +0.100, Holm p –; one seed: no variance to extrapolate from" in text
 
 
 def test_auroc_only_for_two_classes(tmp_path: Path):
@@ -188,6 +188,18 @@ def test_unfinished_or_unreadable_results_count_as_missing(tmp_path: Path):
     why = {p.path.name: p.detail for p in found.missing}
     assert why["running"] == "results.json has status 'running', not 'complete'"
     assert why["corrupt"].startswith("results.json is unreadable")
+
+
+def test_names_paths_and_errors_are_escaped_in_markdown(tmp_path: Path):
+    write_run(tmp_path, "done", 0.9, params={"data": "x|y", "backbone": "<b>net*"})
+    failed = tmp_path / "odd`name"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "error.txt").write_text("ValueError: bad [name](x) | *here*\n")
+    report.write_report(report.find_runs(tmp_path), tmp_path)
+    text = (tmp_path / "summary.md").read_text()
+    assert "| x\\|y | \\<b\\>net\\* | all | full | 1 |" in text  # one cell each, no HTML, no emphasis
+    assert "- **\\<b\\>net\\*** on x\\|y, all images/class: only **full** ran." in text
+    assert "- ``odd`name``: ValueError: bad \\[name\\](x) \\| \\*here\\*" in text
 
 
 def test_cli_prints_the_table_and_the_summary_path(sweep_dir: Path, capsys):
@@ -266,7 +278,7 @@ def test_verdict_from_predictions_files(predicted_sweep: Path):
     assert top["n_images"] == 40 and top["seeds"] == [0, 1, 2]
     assert all(c["p_holm"] < 0.05 for c in decision["comparisons"][1:])
     text = (predicted_sweep / "summary.md").read_text()
-    assert "## Verdict" in text
+    assert "## Best strategy" in text
     assert "**resnet18** on hymenoptera, all images/class: **full**, **partial** cannot be told apart" in text
     assert "behind: freeze [bootstrap (crossed)]" in text
     assert "| full − freeze | +0.308 [" in text  # 37.33 / 40 − 25 / 40

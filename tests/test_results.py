@@ -6,7 +6,14 @@ import sys
 import numpy as np
 import pytest
 
-from tlbench.results.files import peak_memory, read_results, reset_cpu_peak, write_json_atomic
+from tlbench.results.files import (
+    peak_memory,
+    read_results,
+    read_results_or_reason,
+    reset_cpu_peak,
+    write_atomic,
+    write_json_atomic,
+)
 from tlbench.run.runtime import keep_freed_memory
 
 
@@ -26,6 +33,7 @@ def test_cpu_peak_memory_restarts_for_each_run():
 
 def test_results_are_read_only_when_complete(tmp_path):
     assert read_results(tmp_path) is None
+    assert read_results_or_reason(tmp_path) == (None, "no results.json")
     (tmp_path / "results.json").write_text('{"status": "compl')
     assert read_results(tmp_path) is None
     write_json_atomic(tmp_path / "results.json", {"status": "running"})
@@ -34,6 +42,20 @@ def test_results_are_read_only_when_complete(tmp_path):
     assert read_results(tmp_path)["metrics"] == {"test/acc": 0.5}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path):
+    path = write_atomic(tmp_path / "sub" / "file.bin", b"old")
+
+    def write_half(handle):
+        handle.write(b"half")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, write_half)
+    assert path.read_bytes() == b"old" and [p.name for p in path.parent.iterdir()] == ["file.bin"]
+    write_atomic(path, "new text")
+    assert path.read_text() == "new text"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

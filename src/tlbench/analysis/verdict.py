@@ -1,5 +1,5 @@
 """Is one strategy better than another, or can the runs not tell? Paired comparisons, Holm-corrected,
-and one verdict line per data × backbone × data size. Pure statistics: the report (report.py) reads the
+and one verdict line per data × backbone × data size. Pure statistics: the report (summary.py) reads the
 run folders and hands the numbers in.
 
 **The paired bootstrap** (`compare`). Two strategies A and B are paired by seed: runs with the same seed
@@ -55,12 +55,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from tlbench.analysis.markdown import md
 
 ALPHA = 0.05
 N_BOOT = 4000
@@ -105,22 +107,8 @@ class Comparison:
 
     def flipped(self) -> Comparison:
         """The same comparison read as B − A."""
-        return Comparison(
-            self.b,
-            self.a,
-            -self.diff,
-            None if self.high is None else -self.high,
-            None if self.low is None else -self.low,
-            self.p,
-            self.method,
-            self.seeds,
-            self.n_images,
-            self.seed_sd,
-            self.image_var,
-            self.p_holm,
-            self.note,
-            None if self.replicates is None else -self.replicates,
-        )
+        low, high, replicates = (None if x is None else -x for x in (self.high, self.low, self.replicates))
+        return replace(self, a=self.b, b=self.a, diff=-self.diff, low=low, high=high, replicates=replicates)
 
     def to_json(self) -> dict[str, Any]:
         keys = ("a", "b", "diff", "low", "high", "p", "p_holm", "method", "seeds", "n_images", "seed_sd")
@@ -135,7 +123,6 @@ class GroupVerdict:
     winner: str | None
     tied: list[str]  # the set that cannot be told apart from the best (winner alone when there is one)
     seeds_to_separate: dict[str, int | str | None]  # tied strategy -> seeds in all (or why not)
-    text: str
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +133,34 @@ class GroupVerdict:
             "comparisons": [c.to_json() for c in self.comparisons],
             "verdict": self.text,
         }
+
+    @property
+    def text(self) -> str:
+        """The verdict in one line of Markdown."""
+        best = self.ranking[0][0]
+        vs_best = {c.b: c for c in self.comparisons if c.a == best}
+        how = "; ".join(sorted({c.method + (f": {c.note}" if c.note else "") for c in vs_best.values()}))
+        if len(self.ranking) == 1:
+            return f"only **{md(best)}** ran"
+        if self.winner is not None:
+            leads = ", ".join(
+                f"{md(o)} by {fmt_diff(c)} (Holm p {fmt_p(c.p_holm)})" for o, c in vs_best.items()
+            )
+            return f"**{md(self.winner)}** wins: ahead of {leads} [{how}]"
+        parts = []
+        for other in self.tied[1:]:
+            c, n = vs_best[other], self.seeds_to_separate.get(other)
+            gap = f"{md(best)} − {md(other)} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}"
+            if isinstance(n, int):
+                more = max(0, n - len(c.seeds))
+                parts.append(f"{gap}; ~{more} more seeds ({n} in all) would separate them at this variance")
+            else:
+                parts.append(f"{gap}; {n or 'one seed: no variance to extrapolate from'}")
+        text = f"{', '.join(f'**{md(s)}**' for s in self.tied)} cannot be told apart ({'; '.join(parts)})"
+        behind = [o for o in vs_best if o not in self.tied]
+        if behind:
+            text += f"; behind: {', '.join(map(md, behind))}"
+        return f"{text} [{how}]"
 
 
 def seed_key(seed: Any) -> tuple[tuple[bool, str], ...]:
@@ -210,20 +225,12 @@ def bootstrap(
             drawn[where] = resampled_means(d[None, :], int(where.sum()), rng)[:, 0]
         replicates = drawn.mean(axis=1)
         image_var = 0.0
-    low, high = np.quantile(replicates, [ALPHA / 2, 1 - ALPHA / 2])
+    low, high = (float(x) for x in np.quantile(replicates, [ALPHA / 2, 1 - ALPHA / 2]))
+    diff, p, n = float(per_seed.mean()), percentile_p(replicates), len(differences[0])
+    sd = float(per_seed.std(ddof=1)) if s > 1 else None
+    method = f"bootstrap ({'crossed' if crossed else 'nested'})"
     return Comparison(
-        a_label,
-        b_label,
-        float(per_seed.mean()),
-        float(low),
-        float(high),
-        percentile_p(replicates),
-        f"bootstrap ({'crossed' if crossed else 'nested'})",
-        seeds,
-        n_images=len(differences[0]),
-        seed_sd=float(per_seed.std(ddof=1)) if s > 1 else None,
-        image_var=image_var,
-        replicates=replicates,
+        a_label, b_label, diff, low, high, p, method, seeds, n, sd, image_var, replicates=replicates
     )
 
 
@@ -239,18 +246,8 @@ def t_test(a_label: str, b_label: str, a: list[float], b: list[float], seeds: li
     p = float(result.pvalue)
     if math.isnan(p):  # every seed gave the same difference
         p = 1.0 if diff == 0 else 0.0
-    return Comparison(
-        a_label,
-        b_label,
-        diff,
-        float(interval.low),
-        float(interval.high),
-        p,
-        "paired t-test",
-        seeds,
-        seed_sd=float(differences.std(ddof=1)),
-        note=note,
-    )
+    low, high, sd = float(interval.low), float(interval.high), float(differences.std(ddof=1))
+    return Comparison(a_label, b_label, diff, low, high, p, "paired t-test", seeds, seed_sd=sd, note=note)
 
 
 def compare(
@@ -319,33 +316,6 @@ def fmt_diff(c: Comparison) -> str:
     return f"{c.diff:+.3f}{interval}"
 
 
-def describe(
-    ranking: list[tuple[str, float]], vs_best: dict[str, Comparison], winner: str | None, needed: dict
-) -> str:
-    best = ranking[0][0]
-    how = "; ".join(sorted({c.method + (f": {c.note}" if c.note else "") for c in vs_best.values()}))
-    if len(ranking) == 1:
-        return f"only **{best}** ran"
-    if winner is not None:
-        leads = ", ".join(f"{o} by {fmt_diff(c)} (Holm p {fmt_p(c.p_holm)})" for o, c in vs_best.items())
-        return f"**{winner}** wins: ahead of {leads} [{how}]"
-    tied = [best, *(o for o, c in vs_best.items() if not c.separated)]
-    behind = [o for o, c in vs_best.items() if c.separated]
-    parts = []
-    for other in tied[1:]:
-        c, n = vs_best[other], needed.get(other)
-        gap = f"{best} − {other} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}"
-        if isinstance(n, int):
-            more = max(0, n - len(c.seeds))
-            parts.append(f"{gap}; ~{more} more seeds ({n} in all) would separate them at this variance")
-        else:
-            parts.append(f"{gap}; {n or 'one seed: no variance to extrapolate from'}")
-    text = f"{', '.join(f'**{s}**' for s in tied)} cannot be told apart ({'; '.join(parts)})"
-    if behind:
-        text += f"; behind: {', '.join(behind)}"
-    return f"{text} [{how}]"
-
-
 def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) -> GroupVerdict:
     """All pairs of strategies of one data × backbone × data size, Holm-adjusted, and the verdict."""
     rng = np.random.default_rng(seed)
@@ -359,8 +329,7 @@ def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) 
     winner = best if vs_best and all(c.separated for c in vs_best.values()) else None
     tied = [best] if winner else [best, *(o for o, c in vs_best.items() if not c.separated)]
     needed = {o: seeds_needed(vs_best[o].diff, vs_best[o].seed_sd, vs_best[o].image_var) for o in tied[1:]}
-    text = describe(ranking, vs_best, winner, needed)
-    return GroupVerdict(context, ranking, comparisons, winner, tied, needed, text)
+    return GroupVerdict(context, ranking, comparisons, winner, tied, needed)
 
 
 @dataclass
@@ -375,9 +344,6 @@ class Crossing:
     high: float | None
     share: float | None  # share of bootstrap replicates that end with A ahead after a change of lead
     text: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
 
 
 def last_crossing(sizes: np.ndarray, diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -401,16 +367,15 @@ def crossing(sizes: list[int], comparisons: list[Comparison]) -> Crossing:
     if comparisons[-1].diff < 0:
         comparisons = [c.flipped() for c in comparisons]
     a, b = comparisons[0].a, comparisons[0].b
+    name_a, name_b = md(a), md(b)  # the text is Markdown
     diffs = np.array([c.diff for c in comparisons])
     grid = np.asarray(sizes, dtype=float)
     found, before = last_crossing(grid, diffs[None, :])
     at = float(found[0])
     shown = ", ".join(f"{n}: {fmt_diff(c)}" for n, c in zip(sizes, comparisons, strict=True))
     if math.isnan(at):
-        if diffs[-1] == 0:
-            text = f"{a} and {b} end level (A − B by size: {shown})"
-        else:
-            text = f"{a} is ahead of {b} at every size ({a} − {b} by images/class: {shown})"
+        how = f"and {name_b} end level" if diffs[-1] == 0 else f"is ahead of {name_b} at every size"
+        text = f"{name_a} {how} ({name_a} − {name_b} by images/class: {shown})"
         return Crossing(a, b, list(sizes), diffs.tolist(), None, None, None, None, None, text)
     k = int(before[0])
     between = (sizes[k], sizes[k + 1])
@@ -428,7 +393,7 @@ def crossing(sizes: list[int], comparisons: list[Comparison]) -> Crossing:
                 f"95% bootstrap interval {low:.0f}–{high:.0f}; {share:.0%} of replicates show the overtaking"
             )
     text = (
-        f"{a} overtakes {b} from about {at:.0f} images/class (between {between[0]} and {between[1]}; "
-        f"{uncertainty}). {a} − {b} by images/class: {shown}"
+        f"{name_a} overtakes {name_b} from about {at:.0f} images/class (between {between[0]} and "
+        f"{between[1]}; {uncertainty}). {name_a} − {name_b} by images/class: {shown}"
     )
     return Crossing(a, b, list(sizes), diffs.tolist(), between, at, low, high, share, text)

@@ -1,5 +1,6 @@
-"""What a run leaves behind: `results.json` (written last, atomically: its presence means the run
-finished) and the cost measurements that go in it."""
+"""What a run leaves behind and how it is written and read: `results.json` (written last, atomically:
+its presence with status "complete" means the run finished), the other files a run folder may hold, and
+the cost measurements that go in the results."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
 
-from tlbench.run.folder import RESULTS_FILE
 from tlbench.run.runtime import release_freed_memory
 
+RESULTS_FILE = "results.json"
+ERROR_FILE = "error.txt"
+INTERRUPTED_FILE = "interrupted.txt"
 VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
 
 
@@ -111,19 +115,47 @@ def device_name() -> str:
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file and rename: a reader never sees half a file, a crash never leaves one."""
+def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], object]) -> Path:
+    """Write `content` (text, bytes, or a function that writes into a binary file) to a temporary file
+    beside `path`, flush it to disk and rename it over `path`: a reader sees the old file or the new one,
+    never half of one, and a write that fails (a full disk, an error) keeps the old file and removes its
+    temporary one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode() if isinstance(content, str) else content)
+            handle.flush()
+            os.fsync(handle.fileno())  # else a power cut after the rename can leave an empty file
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    return write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def read_results_or_reason(run_dir: str | Path) -> tuple[dict | None, str]:
+    """The run's results if it finished, else None and why not (no file, unreadable, not complete)."""
+    try:
+        results = json.loads((Path(run_dir) / RESULTS_FILE).read_text())
+    except FileNotFoundError:
+        return None, f"no {RESULTS_FILE}"
+    except (OSError, ValueError) as error:
+        return None, f"{RESULTS_FILE} is unreadable ({error})"
+    if not isinstance(results, dict) or results.get("status") != "complete":
+        status = results.get("status") if isinstance(results, dict) else type(results).__name__
+        return None, f"{RESULTS_FILE} has status {status!r}, not 'complete'"
+    return results, ""
 
 
 def read_results(run_dir: str | Path) -> dict | None:
-    """The run's results if it finished, else None (missing, unreadable or incomplete file)."""
-    path = Path(run_dir) / RESULTS_FILE
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return results if isinstance(results, dict) and results.get("status") == "complete" else None
+    """The run's results if it finished, else None."""
+    return read_results_or_reason(run_dir)[0]

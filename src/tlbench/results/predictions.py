@@ -15,13 +15,15 @@ files pair row for row by `item`.
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tlbench.results.files import write_atomic
 
 PREDICTIONS_FILE = "predictions.csv"
 PROB_PREFIX = "prob_"
@@ -62,31 +64,21 @@ def write_predictions(
     item once, as with fast_dev_run, limit_test_batches or a test split sharded over DDP ranks."""
     probs, targets = np.asarray(probs, dtype=float), np.asarray(targets)
     if len(probs) != len(items) or len(targets) != len(items):
-        log.warning(
-            "no %s: %d predictions for %d test images (a partial test pass)",
-            PREDICTIONS_FILE,
-            len(probs),
-            len(items),
-        )
+        why = f"{len(probs)} predictions for {len(items)} test images (a partial test pass)"
+        log.warning("no %s: %s", PREDICTIONS_FILE, why)
         return None
-    path = Path(run_dir) / PREDICTIONS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["item", "label", *(PROB_PREFIX + name for name in classes)])
-        for item, target, row in zip(items, targets, probs, strict=True):
-            writer.writerow([item_id(item), classes[int(target)], *(f"{p:.6g}" for p in row)])
-    os.replace(tmp, path)
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["item", "label", *(PROB_PREFIX + name for name in classes)])
+    for item, target, row in zip(items, targets, probs, strict=True):
+        writer.writerow([item_id(item), classes[int(target)], *(f"{p:.6g}" for p in row)])
+    return write_atomic(Path(run_dir) / PREDICTIONS_FILE, text.getvalue())
 
 
 def read_predictions(run_dir: str | Path) -> Predictions | None:
     """The run's predictions, or None when it has no (readable) predictions.csv."""
-    path = Path(run_dir) / PREDICTIONS_FILE
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.reader(handle))
+        rows = list(csv.reader(io.StringIO((Path(run_dir) / PREDICTIONS_FILE).read_text(), newline="")))
     except OSError:
         return None
     if not rows or rows[0][:2] != ["item", "label"]:
@@ -95,9 +87,8 @@ def read_predictions(run_dir: str | Path) -> Predictions | None:
     index = {name: i for i, name in enumerate(classes)}
     body = rows[1:]
     try:
-        probs = np.array([[float(p) for p in row[2:]] for row in body], dtype=float).reshape(
-            len(body), len(classes)
-        )
+        probs = np.array([[float(p) for p in row[2:]] for row in body], dtype=float)
+        probs = probs.reshape(len(body), len(classes))
         targets = np.array([index[row[1]] for row in body], dtype=int)
     except (ValueError, KeyError):
         return None

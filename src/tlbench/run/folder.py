@@ -22,9 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-RESULTS_FILE = "results.json"
-ERROR_FILE = "error.txt"
-INTERRUPTED_FILE = "interrupted.txt"
+from tlbench.results.files import INTERRUPTED_FILE, RESULTS_FILE, write_json_atomic
+
 RUN_CONFIG_FILE = "run_config.json"
 CLAIM_FILE = "claim.lock"
 REPLACED_DIR = "replaced"
@@ -210,11 +209,7 @@ def saved_config(run_dir: str | Path) -> dict | None:
 def save_config(run_dir: str | Path, config: Mapping[str, Any]) -> Path:
     """Keep the resolved config in the run folder as the run starts (atomically), so a later command on the
     same folder can tell whether it asks for the same run."""
-    path = Path(run_dir) / RUN_CONFIG_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(config, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(run_dir) / RUN_CONFIG_FILE, config)
 
 
 def has_run_outputs(run_dir: str | Path) -> bool:

@@ -27,7 +27,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tlbench.run.folder import ERROR_FILE, INTERRUPTED_FILE, try_lock
+from tlbench.results.files import ERROR_FILE, INTERRUPTED_FILE, write_atomic
+from tlbench.run.folder import try_lock
 
 if TYPE_CHECKING:
     from tlbench.analysis import report
@@ -75,13 +76,8 @@ def gpu_count() -> int:
 def record_failure(run_dir: str | Path, error: BaseException) -> Path:
     """Keep the traceback in the run folder as error.txt (written atomically: a reader never sees half of
     it), where the report and the next person find it."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ERROR_FILE
-    tmp = run_dir / f".{ERROR_FILE}.{os.getpid()}.tmp"
-    tmp.write_text("".join(traceback.format_exception(type(error), error, error.__traceback__)))
-    os.replace(tmp, path)
-    return path
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return write_atomic(Path(run_dir) / ERROR_FILE, text)
 
 
 def clear_failure(run_dir: str | Path) -> None:
