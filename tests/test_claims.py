@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 
-from tlbench.run.folder import claim_holder
+from tlbench.results.files import claim_holder
 
 HOLDER = textwrap.dedent(
     """

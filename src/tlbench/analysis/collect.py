@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tlbench.results.files import ERROR_FILE, INTERRUPTED_FILE, RESULTS_FILE, read_results_or_reason
-from tlbench.run.folder import claim_holder
+from tlbench.results.files import (
+    ERROR_FILE,
+    INTERRUPTED_FILE,
+    RESULTS_FILE,
+    claim_holder,
+    read_results_or_reason,
+)
 
 ALL = "all"  # the data size of a run on every training image (data.per_class unset)
 

@@ -21,6 +21,7 @@ import torch
 from tlbench.run.runtime import release_freed_memory
 
 RESULTS_FILE = "results.json"
+CLAIM_FILE = "claim.lock"  # held (flock) by the process running the folder
 ERROR_FILE = "error.txt"
 INTERRUPTED_FILE = "interrupted.txt"
 VERSIONED = ("tlbench", "torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core")
@@ -159,3 +160,21 @@ def read_results_or_reason(run_dir: str | Path) -> tuple[dict | None, str]:
 def read_results(run_dir: str | Path) -> dict | None:
     """The run's results if it finished, else None."""
     return read_results_or_reason(run_dir)[0]
+
+
+def claim_holder(run_dir: str | Path) -> str | None:
+    """Who is running this folder now ("pid 123 on host since ..."), or None when nobody is."""
+    import fcntl  # POSIX only
+
+    path = Path(run_dir) / CLAIM_FILE
+    try:
+        handle = path.open("r")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None

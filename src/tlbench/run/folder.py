@@ -22,10 +22,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from tlbench.results.files import INTERRUPTED_FILE, RESULTS_FILE, write_json_atomic
+from tlbench.results.files import CLAIM_FILE, INTERRUPTED_FILE, RESULTS_FILE, claim_holder, write_json_atomic
 
 RUN_CONFIG_FILE = "run_config.json"
-CLAIM_FILE = "claim.lock"
 REPLACED_DIR = "replaced"
 CHECKPOINT_DIR = "checkpoints"
 # Left in place by force=true: Hydra's own files for this launch (its log is already open), the claim this
@@ -119,24 +118,6 @@ def claim_run(run_dir: str | Path) -> IO | None:
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
     handle.flush()
     return handle
-
-
-def claim_holder(run_dir: str | Path) -> str | None:
-    """Who is running this folder now ("pid 123 on host since ..."), or None when nobody is."""
-    import fcntl
-
-    path = Path(run_dir) / CLAIM_FILE
-    try:
-        handle = path.open("r")
-    except OSError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return handle.read().strip() or "another process"
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
 
 
 @contextmanager
