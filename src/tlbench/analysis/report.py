@@ -645,6 +645,10 @@ def write_summary_md(
         if problems or title in ("Failed runs", "Missing runs"):
             lines += ["", f"## {title} ({len(problems)})", ""]
             lines += [f"- `{relative(p.path, found.root)}`: {p.detail}" for p in problems] or ["None."]
+    eager = [r for r in found.runs if r.results.get("cuda_graph_error")]  # optim.cuda_graph fell back
+    if eager:
+        lines += ["", f"## CUDA graph capture failed, trained eagerly ({len(eager)})", ""]
+        lines += [f"- `{relative(r.path, found.root)}`: {r.results['cuda_graph_error']}" for r in eager]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -737,7 +741,7 @@ def write_csv(found: Found, path: Path) -> None:
     params = sorted({k for r in found.runs for k in r.params} - set(first))
     metrics = sorted({k for r in found.runs for k in r.results.get("metrics", {})})
     costs = ["wall_time_s", "train_images_per_s", "trainable_params", "total_params", "peak_memory_mb"]
-    costs += ["peak_memory_kind", "device"]
+    costs += ["peak_memory_kind", "device", "precision", "pipeline", "cuda_graph", "cuda_graph_error"]
     columns = ["run_dir", "status", *first, *params, *metrics, *costs, "overrides", "error"]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

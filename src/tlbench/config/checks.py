@@ -32,7 +32,7 @@ VAL_METRICS = ("loss", "acc", "f1_macro", "ece", "top5", "auroc", "sensitivity",
 TWO_CLASS_METRICS = ("auroc", "sensitivity", "specificity")
 MIN_IMAGE_SIZE = 8
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-# Lightning's precision values (lightning.fabric.plugins.precision), and `auto` (train.resolve_precision).
+# Lightning's precision values (lightning.fabric.plugins.precision), and `auto` (trainer.resolve_precision).
 PRECISIONS = (
     "auto", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "64", "32", "16", "bf16",
     "transformer-engine", "transformer-engine-float16",
@@ -266,6 +266,6 @@ def check_batch_limit(key: str, value: Any) -> None:
 
 
 def logger_names() -> tuple[str, ...]:
-    from tlbench.run.train import LOGGERS  # imported here: train imports this module
+    from tlbench.run.trainer import LOGGERS  # imported here: train imports this module
 
     return LOGGERS
