@@ -63,6 +63,7 @@ GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 s
 GPU_CHECK_ARGS ?=
 
 gpu-wheels: ## the wheels gpu-check installs offline where they are missing, into .whl/ (needs internet, here)
+	rm -rf .whl/site
 	$(PYTHON) -m pip wheel -q --no-deps -w .whl $(GPU_WHEELS)
 	@ls .whl/*.whl
 

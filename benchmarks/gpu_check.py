@@ -45,6 +45,10 @@ BUILD = ("setuptools",)
 GRAD_TOLERANCE = {"32-true": 1e-3, "bf16-mixed": 1e-2}  # largest relative L2 difference of any tensor
 FIT_TOLERANCE = 0.05  # relative difference of the short fits' validation losses
 FASTER = 0.9  # a graphed step must take at most this share of the eager one's time to be the default
+MIN_STEP_S = 10  # a step left less time than this is skipped, and recorded so
+# CIFAR-10 as an ImageFolder for the bench, where --data names none: a copy carried inside the checkout
+# (a GPU machine gets the checkout only), else bench.py's default beside it.
+DATA = (REPO / ".devcache" / "cifar10", REPO / "shared" / "data" / "cifar10")
 
 
 @dataclass
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.graph:
         graph_step(out)
         return 0
-    planned = commands(out, args.data)
+    planned = commands(out, args.data or next((str(p) for p in DATA if p.is_dir()), None))
     print(f"wheels in {WHEELS}: {', '.join(p.name for p in carried_wheels().values()) or 'none'}")
     print(f"missing imports: {', '.join(missing_imports()) or 'none'}")
     for step in STEPS:
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, step in enumerate(STEPS):
         later = sum(s.floor_s for s in STEPS[i + 1 :])
         budget = min(step.cap_s, deadline - time.monotonic() - later)
-        if budget < 10:
+        if budget < MIN_STEP_S:
             report["steps"][step.name] = {"status": "skipped: out of time", "seconds": 0}
         else:
             report["steps"][step.name] = run_step(step.name, planned[step.name], budget, log)

@@ -19,13 +19,6 @@ from tlbench.run.runtime import release_freed_memory
 PROC_STATUS = Path("/proc/self/status")
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work: CUDA kernels run after the call that launched them returns, so a
-    clock read without this times the launches, not the work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class RunCost(L.Callback):
     """Train images per second and peak memory of a fit.
 
@@ -39,11 +32,17 @@ class RunCost(L.Callback):
         self.since: float | None = None
 
     def clock(self, trainer: L.Trainer) -> float:
-        synchronize(trainer.strategy.root_device)
+        """The time once the device's queued work is done: CUDA kernels run after the call that launched
+        them returns, so without the wait a clock read times the launches, not the work."""
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
         return time.perf_counter()
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        reset_peak(trainer.strategy.root_device)
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+        else:
+            reset_cpu_peak()
         self.since = self.clock(trainer)
 
     def pause(self, trainer: L.Trainer) -> None:
@@ -68,13 +67,6 @@ class RunCost(L.Callback):
     @property
     def images_per_second(self) -> float | None:
         return self.train_images / self.train_seconds if self.train_seconds > 0 else None
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        reset_cpu_peak()
 
 
 def reset_cpu_peak() -> None:
@@ -109,6 +101,4 @@ def device_name(device: torch.device | None = None) -> str:
     device = device or torch.device("cpu")
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    return device.type
+    return f"{device.type} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
