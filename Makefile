@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint deps-check format bench tensorboard clean quickstart-data
+.PHONY: help install train test test-fast lint deps-check format bench gpu-wheels gpu-check tensorboard clean quickstart-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -61,6 +61,20 @@ bench: install ## notebook loop vs tlbench (the product path) vs the compute cei
 	  $(PY) benchmarks/bench.py --out benchmarks/results.json; \
 	else echo "no GPU: the reduced CPU workload (Lite0, 224 px; not the GPU targets)"; \
 	  $(PY) benchmarks/bench.py --quick; fi
+
+# What a bare GPU machine (PyTorch and its image, no internet) lacks of tlbench's imports, as wheels; versions as
+# tested here. antlr4-python3-runtime has no wheel on PyPI: pip builds one (pure Python) from its sdist.
+# setuptools: to build tlbench itself there without fetching a build backend (pyproject asks >= 68).
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 setuptools==75.3.0
+GPU_CHECK_ARGS ?=
+
+gpu-wheels: ## the wheels gpu-check installs offline where they are missing, into .whl/ (needs internet, here)
+	rm -rf .whl/site
+	$(PYTHON) -m pip wheel -q --no-deps -w .whl $(GPU_WHEELS)
+	@ls .whl/*.whl
+
+gpu-check: ## on one CUDA GPU, ≤ 8 min: graph vs eager, gpu tests, bench at full size → outputs/gpu_check/ (docs/GPU.md)
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 tensorboard: install ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs/

@@ -104,7 +104,7 @@ class Interrupted(RuntimeError):
 
 def train_until_killed(overrides: list[str], run_dir: Path, epoch: int, monkeypatch) -> None:
     """Run tlbench.run.train.train and stop it as epoch `epoch` starts (after epoch-1's checkpoints)."""
-    from tlbench.results.files import RunCost
+    from tlbench.run.cost import RunCost
     from tlbench.run.train import compose_config, train
 
     def stop(self, trainer, pl_module):

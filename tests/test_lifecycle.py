@@ -215,6 +215,38 @@ def test_a_killed_run_is_not_resumed_with_other_settings(images, tmp_path, monke
     assert prepare_folder(compose_config([*first, "trainer.enable_progress_bar=false"]), run_dir) is None
 
 
+def test_a_resume_where_auto_resolves_otherwise_is_refused_naming_it(images, tmp_path, monkeypatch):
+    """data.pipeline and optim.cuda_graph are execution keys (sweep folder names leave them out), but what
+    they resolve to changes the run: the memory pipeline crops and shuffles differently from streaming."""
+    run_dir = tmp_path / "run"
+    first = [*small(images), "logger=none", "trainer.max_epochs=2", "data.pipeline=streaming"]
+    train_until_killed(first, run_dir, epoch=1, monkeypatch=monkeypatch)
+    resolved = json.loads((run_dir / folder.RUN_CONFIG_FILE).read_text())[folder.RESOLVED_KEY]
+    assert resolved == {"pipeline": "streaming", "precision": "32-true", "cuda_graph": False}
+    other = compose_config([*first, "data.pipeline=memory"])
+    assert prepare_folder(other, run_dir) is None  # as main() does: the settings alone are the same run
+    with pytest.raises(
+        folder.RunFolderError,
+        match=r"data.pipeline resolved to streaming, now memory.*\(data.pipeline=streaming\).*force=true",
+    ):
+        train(other, run_dir)
+    stored = json.loads((run_dir / folder.RUN_CONFIG_FILE).read_text())
+    assert stored[folder.RESOLVED_KEY] == resolved and stored["data"]["pipeline"] == "memory"
+
+
+def test_the_resolved_precision_and_graph_choice_are_part_of_a_runs_identity(tmp_path):
+    before = {"pipeline": "memory", "precision": "bf16-mixed", "cuda_graph": True}
+    folder.keep_resolved(tmp_path, before, resuming=False)
+    assert folder.saved_config(tmp_path) is None  # resolved values alone are not a config
+    with pytest.raises(folder.RunFolderError) as refused:
+        folder.keep_resolved(tmp_path, {**before, "precision": "32-true", "cuda_graph": False}, resuming=True)
+    assert "trainer.precision resolved to bf16-mixed, now 32-true" in str(refused.value)
+    assert "optim.cuda_graph resolved to True, now False" in str(refused.value)
+    assert "(trainer.precision=bf16-mixed optim.cuda_graph=true)" in str(refused.value)
+    folder.keep_resolved(tmp_path, {**before, "precision": "32-true"}, resuming=False)  # a fresh start
+    assert folder.read_json(tmp_path / folder.RUN_CONFIG_FILE)[folder.RESOLVED_KEY]["precision"] == "32-true"
+
+
 def test_setting_changes_ignore_execution_only_keys():
     old = {"seed": 0, "data": {"num_workers": 4, "root": "a"}, "optim": {"cuda_graph": False}}
     new = {"seed": 1, "data": {"num_workers": 0, "root": "a", "extra": 2}, "optim": {"cuda_graph": True}}

@@ -3,32 +3,10 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 import pytest
 
-from tlbench.results.files import (
-    peak_memory,
-    read_results,
-    read_results_or_reason,
-    reset_cpu_peak,
-    write_atomic,
-    write_json_atomic,
-)
+from tlbench.results.files import read_results, read_results_or_reason, write_atomic, write_json_atomic
 from tlbench.run.runtime import keep_freed_memory
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-run CPU peak needs /proc")
-def test_cpu_peak_memory_restarts_for_each_run():
-    """Runs of a sweep share one process: the second must not report the first one's peak, also when the
-    allocator keeps freed memory for reuse (as tlbench.run.train sets it to)."""
-    keep_freed_memory()
-    block = np.ones(400 * 2**20, dtype=np.uint8)
-    with_block = peak_memory()["peak_memory_mb"]
-    del block
-    reset_cpu_peak()
-    after_reset = peak_memory()
-    assert after_reset["peak_memory_kind"] == "cpu_peak_rss"
-    assert after_reset["peak_memory_mb"] < with_block - 300
 
 
 def test_results_are_read_only_when_complete(tmp_path):

@@ -186,6 +186,13 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
         if problems or title in ("Failed runs", "Missing runs"):
             items = [f"- {code(relative(p.path, found.root))}: {md(p.detail)}" for p in problems]
             lines += [f"## {title} ({len(problems)})", "", *(items or ["None."]), ""]
+    eager = [r for r in found.runs if r.results.get("cuda_graph_error")]  # optim.cuda_graph fell back
+    if eager:
+        lines += [f"## CUDA graph capture failed, trained eagerly ({len(eager)})", ""]
+        lines += [
+            f"- {code(relative(r.path, found.root))}: {md(r.results['cuda_graph_error'])}" for r in eager
+        ]
+        lines += [""]
     return "\n".join(lines)
 
 
@@ -262,7 +269,7 @@ def results_csv(found: Found) -> str:
     params = sorted({k for r in found.runs for k in r.params} - set(first))
     metrics = sorted({k for r in found.runs for k in r.results.get("metrics", {})})
     costs = ["wall_time_s", "train_images_per_s", "trainable_params", "total_params", "peak_memory_mb"]
-    costs += ["peak_memory_kind", "device"]
+    costs += ["peak_memory_kind", "device", "precision", "pipeline", "cuda_graph", "cuda_graph_error"]
     text = io.StringIO()
     writer = csv.DictWriter(
         text, fieldnames=["run_dir", "status", *first, *params, *metrics, *costs, "overrides", "error"]

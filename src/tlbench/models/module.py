@@ -67,7 +67,7 @@ DEFAULT_OPTIM = {
     "step_epochs": 7,
     "gamma": 0.1,
     "label_smoothing": 0.0,
-    "cuda_graph": "auto",
+    "cuda_graph": False,
     # Recipe pieces (recipes.py): mixup / cutmix Beta alphas (0 = off); ema decay (null = off, a callback).
     "mixup": 0.0,
     "cutmix": 0.0,
@@ -279,7 +279,7 @@ class TransferModule(L.LightningModule):
         self.net.to(memory_format=torch.channels_last)
         if stage == "fit":
             use = resolve_cuda_graph(self.optim["cuda_graph"], self.trainer)
-            self.graphed = GraphedForwardBackward(self) if use else None
+            self.graphed = GraphedForwardBackward(self.net) if use and not self.caches_features else None
 
     def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Class indices, or one probability row per image (mixup / cutmix): cross-entropy takes both."""

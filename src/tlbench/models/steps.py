@@ -1,4 +1,4 @@
-"""The training step's forward and backward as CUDA graphs (optim.cuda_graph).
+"""The training step's forward and backward as CUDA graphs (optim.cuda_graph; off by default).
 
 At batch 64 an eager step of a ResNet-18 spends longer launching kernels from Python than the GPU spends
 running them (benchmarks/RESULTS.md: 0.40 of the compute ceiling eager, 0.78 replayed as a graph). Here the
@@ -7,12 +7,16 @@ network's forward and backward are captured once per batch shape with torch's ma
 kernels for all parameters), checkpoints, schedulers and logging stay Lightning's automatic optimisation,
 so a graphed run is every other run with faster steps.
 
+Eager is the default until `make gpu-check` (docs/GPU.md) shows on a GPU that a replayed step gives the
+eager step's gradients and fit, and is faster.
+
 A graph is valid for one batch shape, one set of trainable parameters and one train/eval state: the epoch's
 last, smaller batch runs eagerly, and gradual unfreezing drops the graphs (`reset`) to capture anew.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import torch
@@ -29,9 +33,9 @@ def resolve_cuda_graph(choice, trainer) -> bool:
         raise ValueError(f"optim.cuda_graph must be auto, true or false, got {choice!r}")
     if choice is False:
         return False
-    problems = []
-    if trainer.strategy.root_device.type != "cuda":
-        problems.append("it needs a CUDA device (this run trains on the CPU)")
+    problems, device = [], trainer.strategy.root_device.type
+    if device != "cuda":
+        problems.append(f"it needs a CUDA device (this run trains on the {device.upper()})")
     if trainer.world_size > 1:
         problems.append("it captures one process's step (set trainer.devices=1)")
     if "16-mixed" in str(trainer.precision) and "bf16" not in str(trainer.precision):
@@ -58,21 +62,28 @@ class _Forward(nn.Module):
 
 
 class GraphedForwardBackward:
-    """`module(x)` for training: replayed as CUDA graphs for the first batch shape, other shapes eager."""
+    """`net(x)` for training: replayed as CUDA graphs for the first batch shape, other shapes eager.
 
-    def __init__(self, module: nn.Module):
-        self.module = module
+    `captures` counts the graphs made; `error` is why capturing failed (then every step runs eagerly), for
+    results.json and the report."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
         self.key: tuple | None = None
         self.graphed: nn.Module | None = None
-        self.failed = False
+        self.captures = 0
+        self.error: str | None = None
 
     def reset(self) -> None:
+        """Drop the graphs and free their memory now: make_graphed_callables leaves the graphed module in a
+        reference cycle (its forward closes over it), which only the garbage collector breaks."""
         self.key, self.graphed = None, None
+        gc.collect()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, x.stride())
-        if self.failed or (self.key is not None and key != self.key):
-            return self.module(x)
+        if self.error is not None or (self.key is not None and key != self.key):
+            return self.net(x)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         # Graphs support autocast only without its weight-cast cache.
         with torch.autocast(
@@ -81,15 +92,25 @@ class GraphedForwardBackward:
             if self.graphed is None:
                 self.capture(x, key)
                 if self.graphed is None:
-                    return self.module(x)
+                    return self.net(x)
             return self.graphed(x)
 
     def capture(self, x: torch.Tensor, key: tuple) -> None:
+        # The capture's warm-up passes run the network in train mode: without this, every (re)capture would
+        # move BatchNorm's running statistics three extra times on one batch. Restored in place, so the
+        # graph keeps pointing at the same buffers.
+        buffers = [(b, b.clone()) for b in self.net.buffers()]
         try:
             self.graphed = torch.cuda.make_graphed_callables(
-                _Forward(self.module), (x.detach().clone(),), allow_unused_input=True
+                _Forward(self.net), (x.detach().clone(),), allow_unused_input=True
             )
             self.key = key
+            self.captures += 1
         except (RuntimeError, AssertionError) as error:  # a model that cannot be captured trains eagerly
-            log.warning("optim.cuda_graph: capture failed (%s); training with eager steps", error)
-            self.failed, self.graphed = True, None
+            self.error = f"{type(error).__name__}: {error}".splitlines()[0]
+            self.graphed = None
+            log.warning("optim.cuda_graph: capture failed (%s); training with eager steps", self.error)
+        finally:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)

@@ -42,6 +42,16 @@ EXECUTION_ONLY_KEYS = (
     "optim.cuda_graph",
     "trainer.enable_progress_bar",
 )
+# What a run's `auto` settings resolved to where it started, kept in run_config.json under RESOLVED_KEY:
+# they change what it computes (the memory pipeline crops and shuffles on the device, the streaming one in
+# loader workers; precision and graph replay change the arithmetic), so a resume resolving them otherwise
+# would continue a different run. Each with the setting that pins it.
+RESOLVED_KEY = "resolved"
+RESOLVED_SETTINGS = {
+    "pipeline": "data.pipeline",
+    "precision": "trainer.precision",
+    "cuda_graph": "optim.cuda_graph",
+}
 
 
 class RunFolderError(ValueError):
@@ -173,24 +183,57 @@ def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignored: Ite
     ]
 
 
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def saved_config(run_dir: str | Path) -> dict | None:
     """What the run in this folder was started with: run_config.json, else the config a finished run of an
     older tlbench kept in results.json; None when neither says."""
     for name, key in ((RUN_CONFIG_FILE, None), (RESULTS_FILE, "config")):
-        try:
-            loaded = json.loads((Path(run_dir) / name).read_text())
-        except (OSError, ValueError):
-            continue
+        loaded = read_json(Path(run_dir) / name)
         config = loaded.get(key) if key and isinstance(loaded, dict) else loaded
         if isinstance(config, dict):
-            return config
+            config = {k: v for k, v in config.items() if k != RESOLVED_KEY}
+            if config:
+                return config
     return None
 
 
 def save_config(run_dir: str | Path, config: Mapping[str, Any]) -> Path:
     """Keep the resolved config in the run folder as the run starts (atomically), so a later command on the
-    same folder can tell whether it asks for the same run."""
-    return write_json_atomic(Path(run_dir) / RUN_CONFIG_FILE, config)
+    same folder can tell whether it asks for the same run; what `auto` resolved to before stays."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    old = read_json(path)
+    kept = {RESOLVED_KEY: old[RESOLVED_KEY]} if isinstance(old, dict) and RESOLVED_KEY in old else {}
+    return write_json_atomic(path, {**kept, **config})
+
+
+def keep_resolved(run_dir: str | Path, resolved: Mapping[str, Any], resuming: bool) -> None:
+    """Store what this run's `auto` settings resolved to (RESOLVED_SETTINGS) in run_config.json; when it
+    resumes a checkpoint whose run resolved them otherwise, RunFolderError naming each difference."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    saved = read_json(path)
+    saved = saved if isinstance(saved, dict) else {}
+    before = saved.get(RESOLVED_KEY) or {}
+    changed = [k for k in RESOLVED_SETTINGS if k in before and before[k] != resolved.get(k)]
+    if resuming and changed:
+        differences = "; ".join(
+            f"{RESOLVED_SETTINGS[k]} resolved to {before[k]}, now {resolved.get(k)}" for k in changed
+        )
+        pins = " ".join(f"{RESOLVED_SETTINGS[k]}={str(before[k]).lower()}" for k in changed)
+        raise RunFolderError(
+            f"{run_dir} holds a run started where its settings resolved otherwise ({differences}): "
+            f"resuming would continue a different run. Set them as they were ({pins}) to continue it, add "
+            f"force=true to move it aside (into {REPLACED_DIR}/) and start afresh, or choose another folder "
+            "(hydra.run.dir=... / hydra.sweep.dir=...)"
+        )
+    save_config(
+        run_dir, {k: v for k, v in saved.items() if k != RESOLVED_KEY} | {RESOLVED_KEY: dict(resolved)}
+    )
 
 
 def has_run_outputs(run_dir: str | Path) -> bool:

@@ -8,7 +8,6 @@ test on the best checkpoint → results.json.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import logging
 import os
@@ -20,51 +19,32 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, OnExceptionCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tlbench.config.schema import LOGGERS, RunConfig
+from tlbench.config.schema import RunConfig
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.models.backbones import get_preset
 from tlbench.models.module import TransferModule
-from tlbench.models.recipes import early_stopping, ema_callback
-from tlbench.results.files import (
-    RESULTS_FILE,
-    RunCost,
-    device_name,
-    peak_memory,
-    read_results,
-    versions,
-    write_json_atomic,
-)
+from tlbench.models.steps import resolve_cuda_graph
+from tlbench.results.files import RESULTS_FILE, read_results, versions, write_json_atomic
 from tlbench.results.predictions import write_predictions
 from tlbench.run import folder, sweep, tune
 from tlbench.run.checks import check_against_data, check_config
+from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
 from tlbench.run.runtime import keep_freed_memory
+from tlbench.run.trainer import LOG_FOLDERS, build_trainer, log_hparams, trainer_options
 
 log = logging.getLogger("tlbench")
-
-LOG_FOLDERS = {"tensorboard": "tb", "csv": "csv"}
 
 
 def plain(node: Any) -> Any:
     """Hydra nodes → plain Python values: what the module saves must reload without Hydra."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def resolve_precision(precision: str | None) -> str:
-    if precision not in (None, "auto"):
-        return str(precision)
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
 
 
 def build_datamodule(run: RunConfig, run_dir: Path) -> ImageDataModule:
@@ -85,107 +65,6 @@ def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule
         class_weights=datamodule.class_weights(),
         threshold_rule=cfg.data.threshold,
     )
-
-
-def build_logger(name: str, run_dir: Path, resumed_step: int | None = None):
-    """The run's logger. On a resume (`resumed_step`: the global step of last.ckpt) it keeps the history
-    logged up to that step — the last validation before the checkpoint is logged at it — and drops what
-    came after, which the resumed run logs again: TensorBoard hides those events (purge_step), the CSV
-    keeps only the earlier rows (Lightning's CSVLogger would delete them all)."""
-    if name == "tensorboard":
-        return TensorBoardLogger(
-            save_dir=str(run_dir),
-            name=LOG_FOLDERS[name],
-            version="",
-            default_hp_metric=False,
-            purge_step=None if resumed_step is None else resumed_step + 1,
-        )
-    if name == "csv":
-        logger = CSVLogger(save_dir=str(run_dir), name=LOG_FOLDERS[name], version="")
-        if resumed_step is not None:
-            keep_csv_history(logger, resumed_step)
-        return logger
-    if name == "none":
-        return False
-    raise ValueError(f"unknown logger.name {name!r}; choose one of: {', '.join(LOGGERS)}")
-
-
-def keep_csv_history(logger: CSVLogger, resumed_step: int) -> None:
-    """Carry the rows logged up to `resumed_step` into the resumed run's metrics.csv: Lightning's writer
-    removes the file when it starts and writes only what it logs itself."""
-    path = Path(logger.log_dir) / "metrics.csv"
-    if not path.exists():
-        return
-    with path.open(newline="") as handle:
-        rows = [
-            {k: v for k, v in row.items() if v != ""}
-            for row in csv.DictReader(handle)
-            if row.get("step", "").isdigit() and int(row["step"]) <= resumed_step
-        ]
-    logger.experiment.metrics[:0] = rows  # the writer starts now (and removes the file); rows go first
-
-
-class CheckpointOnInterrupt(OnExceptionCheckpoint):
-    """last.ckpt at the moment a signal stops training, so running the same command again continues from
-    there. Lightning's OnExceptionCheckpoint saves on any exception and deletes its file at teardown; here
-    only a stop asked for by a signal, during fit, is saved (a test-phase stop would save the best weights
-    loaded for testing), and the file stays."""
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        # received_sigterm too: SLURM and a terminal signal the data-loader workers as well, and a dead
-        # worker can end the fit with its own error before the loop reaches its SIGTERM check.
-        signalled = trainer.received_sigterm or isinstance(
-            exception, folder.RunInterrupted | KeyboardInterrupt
-        )
-        if signalled and trainer.state.fn == "fit":
-            log.warning("saving %s before stopping", self.ckpt_path)
-            super().on_exception(trainer)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        pass
-
-
-def resumed_step(cfg: DictConfig, run_dir: Path) -> int | None:
-    """The global step train() resumes from (its last.ckpt), or None for a fresh start."""
-    last = run_dir / folder.CHECKPOINT_DIR / "last.ckpt"
-    if cfg.trainer.fast_dev_run or not last.exists():
-        return None
-    position = folder.checkpoint_position(last)
-    return position[1] if position else None
-
-
-def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trainer, ModelCheckpoint]:
-    options = plain(cfg.trainer)
-    monitor = options.pop("monitor")
-    patience = options.pop("early_stopping_patience", None)
-    mode = "min" if monitor.endswith("loss") else "max"
-    options["precision"] = resolve_precision(options.get("precision"))
-    logger = build_logger(cfg.logger.name, run_dir, resumed_step(cfg, run_dir))
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        auto_insert_metric_name=False,
-    )
-    # Its own callback: ModelCheckpoint(save_last=True) writes last.ckpt only when the best one improves,
-    # so resuming from it would repeat every epoch since the best.
-    latest = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    recipe = [ema_callback(cfg.optim.get("ema")), early_stopping(monitor, mode, patience)]
-    callbacks = [c for c in recipe if c is not None]
-    callbacks += [checkpoint, latest, CheckpointOnInterrupt(run_dir / folder.CHECKPOINT_DIR, "last"), cost]
-    if logger:
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
-    return trainer, checkpoint
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -209,13 +88,6 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def log_hparams(trainer: L.Trainer, params: dict, metrics: dict[str, float]) -> None:
-    """One HParams entry per run, with its final metrics, so TensorBoard compares runs side by side."""
-    if isinstance(trainer.logger, TensorBoardLogger):
-        hparams = {k: ("null" if v is None else v) for k, v in params.items()}
-        trainer.logger.log_hyperparams(hparams, {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()})
-
-
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
     started = time.perf_counter()
@@ -227,7 +99,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = build_datamodule(run, run_dir)
     datamodule.setup()
     check_against_data(run, datamodule.num_classes)  # positive_class, monitor: once the classes are known
-    sizes = datamodule.split_sizes()
+    sizes, pipeline = datamodule.split_sizes(), datamodule.pipeline.name
     log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
 
     module = build_module(cfg, datamodule)
@@ -249,6 +121,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trainer.callbacks.append(figures)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
+    resolved = {
+        "pipeline": pipeline,
+        "precision": str(trainer.precision),
+        "cuda_graph": resolve_cuda_graph(cfg.optim.cuda_graph, trainer) and not module.caches_features,
+    }
+    if trainer.is_global_zero:
+        folder.keep_resolved(run_dir, resolved, resuming=resume is not None)
     if resume:
         log.info("resuming from %s", resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -286,8 +165,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train_images_per_s": cost.images_per_second,
         "pipeline": datamodule.pipeline.name,
         "feature_cache": module.caches_features,
-        "cuda_graph": module.graphed is not None and module.graphed.graphed is not None,
-        **peak_memory(),
+        "cuda_graph": bool(module.graphed and module.graphed.captures),
+        "cuda_graph_error": module.graphed.error if module.graphed else None,
+        **peak_memory(trainer.strategy.root_device),
         **module.parameter_counts(),
         "trainable_stages": module.trainable_stages,
         "bad_images": sorted(datamodule.bad_images),
@@ -295,7 +175,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
         "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "precision": str(trainer.precision),
-        "device": device_name(),
+        "device": device_name(trainer.strategy.root_device),
         "versions": versions(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -324,10 +204,7 @@ def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     if module.caches_features:
         datamodule.use_features(module.embed)
-    options = plain(cfg.trainer)
-    for key in ("monitor", "early_stopping_patience"):
-        options.pop(key, None)
-    options["precision"] = resolve_precision(options.get("precision"))
+    options = trainer_options(cfg)
     return tune.find_learning_rate(module, datamodule, options, plain(cfg.strategy), plain(cfg.tune), run_dir)
 
 
