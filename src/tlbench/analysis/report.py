@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tlbench.analysis import calibration, pareto, verdict
+from tlbench.models.strategies import STRATEGIES
 from tlbench.results.predictions import Predictions, read_predictions
 from tlbench.run.folder import ERROR_FILE, INTERRUPTED_FILE, RESULTS_FILE, claim_holder
 
@@ -42,8 +43,8 @@ COSTS = {
     "peak_memory_mb": "peak mem (MB)",
 }
 RANK_BY = "test/acc"
-# Least to most of the backbone trained; unknown strategies follow in alphabetical order.
-STRATEGY_ORDER = ("freeze", "partial", "gradual", "full")
+# The strategy table's order (least to most of the backbone trained); unknown ones follow alphabetically.
+STRATEGY_ORDER = tuple(STRATEGIES)
 ALL = "all"
 
 
