@@ -128,3 +128,11 @@ def test_the_schema_imports_nothing_of_the_run():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "['tlbench', 'tlbench.config', 'tlbench.config.schema']"
+
+
+def test_the_schema_names_every_strategy_of_the_strategy_table():
+    """The schema is the bottom layer and lists the names; the table in models/strategies.py defines them."""
+    from tlbench.config.schema import STRATEGIES as NAMES
+    from tlbench.models.strategies import STRATEGIES
+
+    assert set(NAMES) == set(STRATEGIES)

@@ -1,19 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from tlbench.models.strategies import (
-    StrategyError,
-    build_scheduler,
-    initial_trainable_stages,
-    parameter_groups,
-    set_batchnorm_modes,
-    set_trainable,
-    stage_learning_rates,
-    trainable_stages_at,
-)
+from tlbench.models.optimizers import build_scheduler, parameter_groups
+from tlbench.models.stages import set_batchnorm_modes, set_trainable
+from tlbench.models.strategies import STRATEGIES, Strategy, StrategyError
 
 
 class ToyNet(nn.Module):
@@ -42,8 +37,16 @@ STAGES = [
 ]
 
 
+BACKBONE = ["stem", "layer1", "layer2", "layer10"]
+
+
 def trainable_prefixes(net: nn.Module) -> set[str]:
     return {".".join(n.split(".")[:2]) for n, p in net.named_parameters() if p.requires_grad}
+
+
+def schedule(name: str, epochs: int, **settings) -> list[list[str]]:
+    strategy = Strategy.from_config({"name": name, **settings})
+    return [strategy.stages_at(BACKBONE, epoch) for epoch in range(epochs)]
 
 
 @pytest.mark.parametrize(
@@ -53,13 +56,15 @@ def trainable_prefixes(net: nn.Module) -> set[str]:
         ("partial", None, ["layer10", "head"]),
         ("partial", 2, ["layer2", "layer10", "head"]),
         ("partial", ["layer1"], ["layer1", "head"]),
+        ("partial", "layer1", ["layer1", "head"]),
         ("full", None, ["stem", "layer1", "layer2", "layer10", "head"]),
         ("gradual", None, ["head"]),
+        ("gradual", "all", ["stem", "layer1", "layer2", "layer10", "head"]),
         ("lpft", None, ["head"]),
     ],
 )
-def test_initial_trainable_stages(strategy, train_stages, expected):
-    assert initial_trainable_stages(STAGES, strategy, train_stages) == expected
+def test_the_stages_that_train_first(strategy, train_stages, expected):
+    assert schedule(strategy, 1, train_stages=train_stages) == [expected]
 
 
 def test_set_trainable_matches_whole_names_only():
@@ -78,14 +83,38 @@ def test_an_adapted_input_conv_can_train_in_a_frozen_stem():
 @pytest.mark.parametrize(
     ("strategy", "train_stages", "message"),
     [
-        ("finetune", None, "choose one of: freeze, partial, full, gradual, lpft"),
+        ("finetune", None, "choose one of: freeze, partial, gradual, lpft, full"),
         ("partial", ["layer4"], "stem, layer1, layer2, layer10"),
         ("partial", 9, "0..4"),
     ],
 )
 def test_bad_strategy_settings_list_what_is_valid(strategy, train_stages, message):
     with pytest.raises(StrategyError, match=message):
-        initial_trainable_stages(STAGES, strategy, train_stages)
+        schedule(strategy, 1, train_stages=train_stages)
+
+
+def test_settings_a_strategy_lacks_come_from_its_yaml_and_unknown_ones_are_named():
+    lpft = Strategy.from_config({"name": "lpft", "head_lr": 0.5})
+    assert (lpft.head_lr, lpft.probe_epochs, lpft.cache_features) == (
+        0.5,
+        2,
+        False,
+    )  # conf/strategy/lpft.yaml
+    assert Strategy.from_config(None).name == "freeze"
+    with pytest.raises(StrategyError, match=r"unknown strategy setting\(s\) \['lr'\]; valid: name, "):
+        Strategy.from_config({"name": "full", "lr": 1.0})
+
+
+def test_every_row_runs_with_only_its_required_keys_set():
+    """What the config schema reads: a strategy needs its `required_keys` and no other optional key."""
+    assert {n: r.required_keys for n, r in STRATEGIES.items() if r.required_keys} == {
+        "gradual": ("unfreeze_every",),
+        "lpft": ("lp_epochs",),
+    }
+    nulls = {"train_stages": None, "unfreeze_every": None, "lp_epochs": None}
+    for name, rule in STRATEGIES.items():
+        strategy = Strategy.from_config({"name": name, **nulls, **{key: 1 for key in rule.required_keys}})
+        assert [strategy.stages_at(BACKBONE, epoch)[-1] for epoch in range(3)] == ["head"] * 3
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
@@ -104,7 +133,10 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
 
 def test_parameter_groups_split_decay_and_carry_stage_rates():
     net = ToyNet()
-    rates = stage_learning_rates(STAGES, head_lr=1e-3, backbone_lr=1e-4, layer_decay=0.5)
+    strategy = Strategy.from_config(
+        {"name": "full", "head_lr": 1e-3, "backbone_lr": 1e-4, "layer_decay": 0.5}
+    )
+    rates = strategy.stage_rates(BACKBONE)
     assert rates == {"stem": 1.25e-5, "layer1": 2.5e-5, "layer2": 5e-5, "layer10": 1e-4, "head": 1e-3}
     groups = parameter_groups(net, STAGES, rates, weight_decay=0.05, include=["layer2", "head"])
     by_key = {(g["stage"], g["weight_decay"]): g for g in groups}
@@ -115,9 +147,8 @@ def test_parameter_groups_split_decay_and_carry_stage_rates():
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, "cosine", total_steps=20, steps_per_epoch=5, warmup_epochs=1)[
-        "scheduler"
-    ]
+    cosine = {"scheduler": "cosine", "warmup_epochs": 1}
+    scheduler = build_scheduler(optimizer, cosine, total_steps=20, steps_per_epoch=5)["scheduler"]
     rates = []
     for _ in range(20):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -126,11 +157,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     assert rates[0] == pytest.approx(0.2) and rates[4] == pytest.approx(1.0)
     assert rates[5] > rates[12] > rates[19] > 0
     with pytest.raises(StrategyError, match="cosine, step, none"):
-        build_scheduler(optimizer, "linear", 10, 5)
-
-
-def schedule(name: str, epochs: int, **settings) -> list[list[str]]:
-    return [trainable_stages_at(STAGES, {"name": name, **settings}, epoch) for epoch in range(epochs)]
+        build_scheduler(optimizer, {"scheduler": "linear", "warmup_epochs": 0}, 10, 5)
 
 
 def test_gradual_adds_a_stage_from_the_top_every_n_epochs_from_any_start():
@@ -149,18 +176,61 @@ def test_lpft_probes_the_head_for_lp_epochs_then_trains_every_stage():
     assert schedule("lpft", 1, lp_epochs=0) == [everything]
 
 
+def test_a_probe_then_gradual_unfreezing_counts_from_the_end_of_the_probe():
+    gradual = Strategy.from_config({"name": "gradual", "unfreeze_every": 1, "train_stages": 0})
+    probed = dataclasses.replace(gradual, probe_epochs=2)
+    assert [probed.stages_at(BACKBONE, e) for e in range(4)] == [
+        ["head"],
+        ["head"],
+        ["head"],
+        ["layer10", "head"],
+    ]
+
+
 @pytest.mark.parametrize(
-    ("name", "settings", "message"),
+    ("name", "max_epochs", "refused"),
+    [("lpft", 2, True), ("lpft", 3, False), ("freeze", 1, False), ("gradual", 1, False)],
+)
+def test_a_probe_must_leave_an_epoch_to_fine_tune(name, max_epochs, refused):
+    strategy = Strategy.from_config({"name": name})  # lpft.yaml: lp_epochs=2
+    if refused:
+        with pytest.raises(StrategyError, match="strategy.lp_epochs=2 leaves no epoch of fine-tuning"):
+            strategy.check_epochs(max_epochs)
+    else:
+        strategy.check_epochs(max_epochs)
+
+
+@pytest.mark.parametrize(
+    ("name", "bn", "choice", "mixes", "expected"),
     [
-        ("gradual", {"unfreeze_every": 0}, "strategy.unfreeze_every must be a whole number ≥ 1, got 0"),
-        ("gradual", {"unfreeze_every": 1.5}, "strategy.unfreeze_every must be a whole number"),
-        ("lpft", {"lp_epochs": None}, "strategy.lp_epochs must be a whole number ≥ 0, got None"),
-        ("lpft", {"lp_epochs": -1}, "strategy.lp_epochs must be a whole number ≥ 0"),
+        ("freeze", "eval", "auto", False, True),
+        ("freeze", "eval", "auto", True, False),
+        ("freeze", "eval", False, False, False),
+        ("freeze", "train", "auto", False, False),
+        ("lpft", "eval", "auto", False, False),
+        ("partial", "eval", True, False, "needs strategy=freeze with strategy.bn=eval"),
+        ("freeze", "eval", True, True, "strategy.cache_features=false"),
     ],
 )
-def test_bad_schedules_are_named(name, settings, message):
-    with pytest.raises(StrategyError, match=message):
-        trainable_stages_at(STAGES, {"name": name, **settings}, 0)
+def test_features_are_cached_only_for_a_trunk_fixed_for_good(name, bn, choice, mixes, expected):
+    strategy = Strategy.from_config({"name": name, "bn": bn, "cache_features": choice})
+    if isinstance(expected, str):
+        with pytest.raises(StrategyError, match=expected):
+            strategy.caches_features(mixes_images=mixes)
+    else:
+        assert strategy.caches_features(mixes_images=mixes) is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "stages", "expected"),
+    [("freeze", ["head"], False), ("lpft", ["head"], False), ("lpft", ["stem", "head"], True)]
+    + [("gradual", ["head"], True), ("partial", ["head"], True)],
+)
+def test_an_adapted_input_conv_trains_except_in_a_linear_probe(name, stages, expected):
+    assert (
+        Strategy.from_config({"name": name, "train_input_conv": True}).trains_input_conv(stages) is expected
+    )
+    assert not Strategy.from_config({"name": name, "train_input_conv": False}).trains_input_conv(stages)
 
 
 def test_a_stage_made_trainable_leaves_the_eval_mode_it_had_while_frozen():

@@ -23,6 +23,7 @@ import numpy as np
 from tlbench.analysis import verdict
 from tlbench.analysis.collect import ALL, Run
 from tlbench.analysis.markdown import md, table
+from tlbench.models.strategies import STRATEGIES
 from tlbench.results.predictions import Predictions, read_predictions
 
 METRICS = {"test/acc": "test acc", "test/f1_macro": "macro-F1", "test/auroc": "AUROC", "test/ece": "ECE"}
@@ -35,7 +36,7 @@ COSTS = {
 RANK_BY = "test/acc"
 MORE_IS_BETTER = {RANK_BY, "train_images_per_s"}  # the other costs are better the smaller
 # Least to most of the backbone trained; unknown strategies follow in alphabetical order.
-STRATEGY_ORDER = ("freeze", "partial", "gradual", "full")
+STRATEGY_ORDER = tuple(STRATEGIES)  # least to most of the backbone trained
 
 
 @dataclass

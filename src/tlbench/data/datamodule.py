@@ -222,12 +222,10 @@ class ImageDataModule(L.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def current_epoch(self) -> int:
-        """The epoch the next pass belongs to: the count Lightning hands samplers (`set_epoch`), which
-        while a resumed run restarts already names the epoch it runs, where `trainer.current_epoch` can
-        still name the last one completed."""
-        if self.trainer is None:
-            return 0
-        return self.trainer.fit_loop.epoch_progress.current.processed
+        """The epoch the next pass belongs to. Training loaders ask at their first batch, once Lightning has
+        set `current_epoch` from a resumed checkpoint; only a resumed run's sanity check asks before, for
+        validation batches, which do not depend on the epoch."""
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def class_weights(self) -> list[float] | None:
         """data.balance=loss: cross-entropy weights from the training split's class counts, inverse frequency

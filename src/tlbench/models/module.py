@@ -1,7 +1,7 @@
 """The LightningModule: a pretrained backbone adapted to the task, trained under one strategy.
 
 It is built from plain values (names and numbers, no Hydra objects) and saves them, so a checkpoint
-reloads anywhere with `TransferModule.load_from_checkpoint(path)` — no Hydra, no config files, and no
+reloads anywhere with `TransferModule.load_from_checkpoint(path)` — no Hydra, no run config, and no
 download: the saved hyper-parameters point at random init because the checkpoint holds the weights.
 """
 
@@ -27,60 +27,11 @@ from torchmetrics.classification import (
 from torchmetrics.functional.classification import binary_recall, binary_specificity, multiclass_accuracy
 
 from tlbench.models.backbones import Preset, build_backbone
+from tlbench.models.optimizers import build_optimizer, build_scheduler, parameter_groups
 from tlbench.models.recipes import batch_mixing
+from tlbench.models.stages import TrainableStageSchedule, count_parameters, set_batchnorm_modes, set_trainable
 from tlbench.models.steps import GraphedForwardBackward, resolve_cuda_graph
-from tlbench.models.strategies import (
-    BN_POLICIES,
-    HEAD,
-    SCHEDULED,
-    StrategyError,
-    TrainableStageSchedule,
-    build_optimizer,
-    build_scheduler,
-    count_parameters,
-    parameter_groups,
-    resolve_cache_features,
-    set_batchnorm_modes,
-    set_trainable,
-    stage_learning_rates,
-    trainable_stages_at,
-)
-
-DEFAULT_STRATEGY = {
-    "name": "freeze",
-    "train_stages": None,
-    "bn": "eval",
-    "head_lr": 1e-3,
-    "backbone_lr": 1e-4,
-    "layer_decay": None,
-    "unfreeze_every": 1,
-    "lp_epochs": 2,
-    "train_input_conv": True,
-    "cache_features": "auto",
-}
-DEFAULT_OPTIM = {
-    "name": "adamw",
-    "weight_decay": 1e-4,
-    "momentum": 0.9,
-    "scheduler": "cosine",
-    "warmup_epochs": 0.0,
-    "step_epochs": 7,
-    "gamma": 0.1,
-    "label_smoothing": 0.0,
-    "cuda_graph": False,
-    # Recipe pieces (recipes.py): mixup / cutmix Beta alphas (0 = off); ema decay (null = off, a callback).
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "ema": None,
-}
-
-
-def with_defaults(values: dict | None, defaults: dict, key: str) -> dict:
-    values = dict(values or {})
-    unknown = sorted(set(values) - set(defaults))
-    if unknown:
-        raise StrategyError(f"unknown {key} setting(s) {unknown}; valid: {', '.join(defaults)}")
-    return {**defaults, **values}
+from tlbench.models.strategies import Strategy, backbone_stage_names, with_conf_defaults
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -158,20 +109,11 @@ class TransferModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.strategy = with_defaults(strategy, DEFAULT_STRATEGY, "strategy")
-        self.optim = with_defaults(optim, DEFAULT_OPTIM, "optim")
-        if self.strategy["bn"] not in BN_POLICIES:
-            raise StrategyError(f"strategy.bn must be one of {BN_POLICIES}, got {self.strategy['bn']!r}")
+        self.strategy = Strategy.from_config(strategy)
+        self.optim = with_conf_defaults("optim", {"name": "adamw", **(optim or {})})
         self.mixing = batch_mixing(self.optim["mixup"], self.optim["cutmix"], num_classes)
-        self.caches_features = resolve_cache_features(self.strategy)
-        if self.mixing is not None and self.caches_features:
-            # Mixup and CutMix blend images; a frozen trunk's cached features of unblended images cannot be.
-            if self.strategy["cache_features"] is True:
-                raise StrategyError(
-                    "optim.mixup / optim.cutmix blend training images, which cached trunk features cannot "
-                    "show: set strategy.cache_features=false (or auto)"
-                )
-            self.caches_features = False
+        # Mixup and CutMix blend images; a frozen trunk's cached features of unblended images cannot be.
+        self.caches_features = self.strategy.caches_features(mixes_images=self.mixing is not None)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
@@ -217,16 +159,12 @@ class TransferModule(L.LightningModule):
     # ------------------------------------------------------------------------------------ strategy state
     @property
     def extra_trainable(self) -> list[str]:
-        """An input conv adapted to 1 channel is new to the network, so it trains unless told not to —
-        but not in a linear probe (freeze, lpft's first epochs), where only the head trains."""
-        s = self.strategy
-        linear_probe = s["name"] == "freeze" or (s["name"] == "lpft" and self.trainable_stages == [HEAD])
-        if self.input_conv and s["train_input_conv"] and not linear_probe:
-            return [self.input_conv]
-        return []
+        """An adapted input conv, where the strategy trains it (outside a linear probe)."""
+        trains = self.input_conv and self.strategy.trains_input_conv(self.trainable_stages)
+        return [self.input_conv] if trains else []
 
     def trainable_stages_at(self, epoch: int) -> list[str]:
-        return trainable_stages_at(self.stages, self.strategy, epoch)
+        return self.strategy.stages_at(backbone_stage_names(self.stages), epoch)
 
     def set_trainable_stages(self, names: list[str]) -> None:
         self.trainable_stages = list(names)
@@ -238,7 +176,7 @@ class TransferModule(L.LightningModule):
 
     def apply_bn_policy(self) -> None:
         """While training: trainable BatchNorm in train mode, frozen BatchNorm as strategy.bn says."""
-        set_batchnorm_modes(self.net, self.strategy["bn"])
+        set_batchnorm_modes(self.net, self.strategy.bn)
 
     def train(self, mode: bool = True):
         # Lightning switches the whole module to train mode each epoch; frozen BatchNorm must stay in eval.
@@ -386,33 +324,23 @@ class TransferModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
-        s, o = self.strategy, self.optim
-        rates = stage_learning_rates(self.stages, s["head_lr"], s["backbone_lr"], s["layer_decay"])
+        o = self.optim
+        rates = self.strategy.stage_rates(backbone_stage_names(self.stages))
         # A schedule of trainable stages needs every stage's group from the start (TrainableStageSchedule).
-        include = [n for n, _ in self.stages] if s["name"] in SCHEDULED else self.trainable_stages
+        include = [n for n, _ in self.stages] if self.strategy.scheduled else self.trainable_stages
         groups = parameter_groups(
             self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable
         )
-        optimizer = build_optimizer(groups, o["name"], o["momentum"], fused=self.device.type == "cuda")
+        optimizer = build_optimizer(groups, o, fused=self.device.type == "cuda")
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total_steps // max(1, self.trainer.max_epochs or 1))
-        scheduler = build_scheduler(
-            optimizer,
-            o["scheduler"],
-            total_steps,
-            steps_per_epoch,
-            o["warmup_epochs"],
-            o["step_epochs"],
-            o["gamma"],
-        )
+        scheduler = build_scheduler(optimizer, o, total_steps, steps_per_epoch)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        if self.strategy["name"] in SCHEDULED:
-            return [TrainableStageSchedule()]
-        return []
+        return [TrainableStageSchedule()] if self.strategy.scheduled else []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The checkpoint carries the trained weights, so reloading must not fetch pretrained ones again.

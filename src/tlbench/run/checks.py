@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlbench.config.schema import TWO_CLASS_METRICS, ConfigError, RunConfig, parse
 from tlbench.models.backbones import get_preset
+from tlbench.models.strategies import STRATEGIES
 
 
 def check_config(cfg: DictConfig) -> RunConfig:
@@ -32,10 +33,10 @@ def check_config(cfg: DictConfig) -> RunConfig:
         )
     if data.folds is not None and data.fold >= data.folds:
         raise ConfigError(f"data.fold must be between 0 and data.folds-1={data.folds - 1}, got {data.fold}")
-    for name, key in (("gradual", "unfreeze_every"), ("lpft", "lp_epochs")):
-        if strategy.name == name and getattr(strategy, key) is None:
+    for key in STRATEGIES[strategy.name].required_keys:
+        if getattr(strategy, key) is None:
             raise ConfigError(
-                f"strategy={name} needs strategy.{key}=<epochs>, got null: e.g. strategy.{key}=1"
+                f"strategy={strategy.name} needs strategy.{key}=<epochs>, got null: e.g. strategy.{key}=1"
             )
     if run.tune.min_lr >= run.tune.max_lr:
         raise ConfigError(f"tune.min_lr ({run.tune.min_lr}) must be below tune.max_lr ({run.tune.max_lr})")

@@ -1,0 +1,94 @@
+"""A strategy applied to a network: stage names to requires_grad and BatchNorm modes, epoch by epoch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import lightning as L
+from torch import nn
+
+from tlbench.models.strategies import Stages, StrategyError
+
+log = logging.getLogger(__name__)
+
+
+def in_prefix(name: str, prefix: str) -> bool:
+    """`trunk.layer1.0.conv1.weight` is in `trunk.layer1`, but `trunk.layer10.x` is not."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def stage_of(name: str, stages: Stages) -> str:
+    for stage, prefixes in stages:
+        if any(in_prefix(name, p) for p in prefixes):
+            return stage
+    raise StrategyError(f"parameter {name} belongs to no stage; the backbone's stage list is incomplete")
+
+
+def set_trainable(
+    net: nn.Module, stages: Stages, trainable: Sequence[str], extra: Sequence[str] = ()
+) -> None:
+    """requires_grad from stage names, plus parameter prefixes in `extra` (an adapted input conv)."""
+    for name, param in net.named_parameters():
+        param.requires_grad = stage_of(name, stages) in trainable or any(in_prefix(name, p) for p in extra)
+
+
+def is_frozen(module: nn.Module) -> bool | None:
+    """None for a module without parameters (an affine-free BatchNorm): neither frozen nor trainable."""
+    params = list(module.parameters())
+    return not any(p.requires_grad for p in params) if params else None
+
+
+def set_batchnorm_modes(net: nn.Module, policy: str) -> None:
+    """Training-time BatchNorm modes: a trainable BatchNorm follows the batch (train mode), whichever
+    strategy made it trainable; a frozen one keeps its running statistics (eval) under policy `eval`.
+
+    Setting both directions matters when the trainable set changes mid-run: a stage that gradual
+    unfreezing (or lpft's switch) makes trainable must leave the eval mode it had while frozen.
+    """
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen = is_frozen(module)
+            if frozen is not None:
+                module.train(not (frozen and policy == "eval"))
+
+
+def count_parameters(net: nn.Module) -> tuple[int, int]:
+    """(trainable, total)."""
+    params = list(net.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+class TrainableStageSchedule(L.Callback):
+    """Before every epoch trains, the module trains the stages its strategy names for that epoch
+    (gradual: one more stage from the top every `unfreeze_every` epochs; lpft: all after `lp_epochs`).
+
+    Every epoch, not only where the schedule changes, and once more when training (re)starts: a run
+    resumed from a checkpoint is built with epoch 0's stages, whatever epoch it stopped in, and Lightning
+    does not call `on_train_epoch_start` for an epoch it resumes in the middle of.
+    The optimizer groups of every stage exist from the start with their own learning rates (so the
+    scheduler shapes them like every other group, and a checkpoint's optimizer state always fits); while
+    a stage is frozen its parameters have no gradient and the optimizer skips them, so unfreezing is
+    exactly "adding it to the optimizer" at that epoch.
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        # fast_dev_run is a smoke test of the code path (one batch), not a schedule: never refused.
+        if not trainer.fast_dev_run:
+            pl_module.strategy.check_epochs(trainer.max_epochs)
+
+    # In both hooks `current_epoch` is the epoch about to train, also in a resumed run: Lightning sets it
+    # from the checkpoint's progress before `on_train_start`.
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.follow_schedule(trainer.current_epoch, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.follow_schedule(trainer.current_epoch, pl_module)
+
+    @staticmethod
+    def follow_schedule(epoch: int, pl_module) -> None:
+        target = pl_module.trainable_stages_at(epoch)
+        if target != pl_module.trainable_stages:
+            newly = [s for s in target if s not in pl_module.trainable_stages]
+            pl_module.set_trainable_stages(target)
+            log.info("epoch %d: training %s (newly: %s)", epoch, ", ".join(target), ", ".join(newly) or "-")
