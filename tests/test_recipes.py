@@ -228,9 +228,7 @@ def test_auto_streams_a_policy_on_a_cpu(generated, tmp_path):
         assert datamodule.pipeline.name == pipeline
 
 
-def test_lr_find_must_be_true_or_false():
-    from tlbench.run.tune import lr_find_requested
-
-    assert lr_find_requested({"lr_find": False}) is False
+def test_lr_find_must_be_true_or_false(generated):
+    assert check_config(compose_config(quick(generated, "tune.lr_find=false"))).tune.lr_find is False
     with pytest.raises(ValueError, match=r"tune\.lr_find must be true or false, got 'yes'"):
-        lr_find_requested({"lr_find": "yes"})
+        check_config(compose_config(quick(generated, "tune.lr_find=yes")))

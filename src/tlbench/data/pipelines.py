@@ -38,7 +38,6 @@ from tlbench.data.preset import Preset, augment_policy, eval_transform, train_tr
 from tlbench.data.sources import SPLITS, DataError, LabelledItems, ReadArray, SourceData, find_bad_files
 
 log = logging.getLogger(__name__)
-PIPELINES = ("auto", "streaming", "memory")
 
 
 @dataclass(frozen=True)

@@ -338,7 +338,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | No
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     with folder.SignalGuard() as guard:
         try:
-            if tune.lr_find_requested(plain(cfg.tune)):
+            if cfg.tune.lr_find:  # preflight (check_config) refuses anything but true or false
                 # The LR range test trains nothing and writes no results.json: it never skips a folder.
                 preflight(cfg, run_dir)
                 print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.callbacks import LearningRateFinder
 
-from tlbench.models.recipes import RecipeError, is_number
+from tlbench.models.recipes import RecipeError
 
 log = logging.getLogger(__name__)
 LR_FIND_FILE = "lr_find.json"
@@ -62,25 +62,6 @@ class GroupRatioLRFinder(LearningRateFinder):
         trainer.should_stop = True
 
 
-def lr_find_requested(tune: dict) -> bool:
-    if not isinstance(tune.get("lr_find"), bool):
-        raise RecipeError(f"tune.lr_find must be true or false, got {tune.get('lr_find')!r}")
-    return tune["lr_find"]
-
-
-def check_tune_settings(tune: dict) -> None:
-    for key in ("min_lr", "max_lr"):
-        if not is_number(tune[key]) or tune[key] <= 0:
-            raise RecipeError(f"tune.{key} must be a learning rate > 0, got {tune[key]!r}")
-    if tune["min_lr"] >= tune["max_lr"]:
-        raise RecipeError(f"tune.min_lr ({tune['min_lr']}) must be below tune.max_lr ({tune['max_lr']})")
-    steps = tune["num_training"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 20:
-        raise RecipeError(
-            f"tune.num_training must be a whole number ≥ 20 (steps of the range test), got {steps!r}"
-        )
-
-
 def find_learning_rate(
     module: L.LightningModule,
     datamodule: L.LightningDataModule,
@@ -90,7 +71,6 @@ def find_learning_rate(
     run_dir: Path,
 ) -> dict[str, Any]:
     """Run the range test with the run's own module and data; write and return the suggestion."""
-    check_tune_settings(tune)
     if trainer_options.get("fast_dev_run"):
         raise RecipeError("tune.lr_find=true needs real steps: leave trainer.fast_dev_run=false")
     head_lr, backbone_lr = strategy["head_lr"], strategy["backbone_lr"]
