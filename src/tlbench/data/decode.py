@@ -21,6 +21,7 @@ from PIL import Image
 
 from tlbench.data.images import BadImageError, read_image, shown_size
 from tlbench.data.preset import resize_center_crop
+from tlbench.results.files import write_atomic
 
 # 3: images are stored upright (EXIF orientation applied); caches of format 2 hold them as stored.
 _CACHE_FORMAT = 3
@@ -95,13 +96,12 @@ def load_cached(path: Path, fingerprint: str) -> dict | None:
 
 
 def save_cached(path: Path, payload: dict) -> None:
-    """Atomic (temporary file + rename): a reader never sees half a file."""
+    """Atomic (results.files.write_atomic): a reader never sees half a file. A cache is an optimisation, so
+    any failure to write it (a read-only or full disk: torch.save reports those as RuntimeError) leaves the
+    run going without it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except OSError as error:
+        write_atomic(path, lambda handle: torch.save(payload, handle))
+    except (OSError, RuntimeError) as error:
         log.warning("could not write the cache file %s (%s); continuing without it", path, error)
 
 

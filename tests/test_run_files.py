@@ -1,5 +1,6 @@
-"""A run folder's claim ends with the process that holds it, even when that process is SIGKILLed while
-forked children (DataLoader workers) are still alive: an immediate re-run must not be refused."""
+"""Files a run holds or writes, under failure: a run folder's claim ends with the process that holds it,
+even when that process is SIGKILLed while forked children (DataLoader workers) are still alive, so an
+immediate re-run is not refused; a decode cache that cannot be written leaves the run going."""
 
 from __future__ import annotations
 
@@ -53,3 +54,22 @@ def test_a_sigkilled_holder_frees_the_claim_although_its_forked_child_lives_on(t
         if child_pid_file.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(child_pid_file.read_text()), signal.SIGKILL)
+
+
+def test_an_unwritable_cache_leaves_the_run_going_and_no_partial_file(
+    tmp_path, monkeypatch, caplog
+):
+    """torch.save reports a read-only or full disk as RuntimeError, not OSError: still only a warning."""
+    import torch
+
+    from tlbench.data import decode
+
+    def failing_save(payload, handle):
+        handle.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc] open file failed: Read-only file system")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    target = tmp_path / "cache" / "decoded.pt"
+    decode.save_cached(target, {"images": torch.zeros(1)})
+    assert "continuing without it" in caplog.text
+    assert not target.exists() and list(target.parent.iterdir()) == []
