@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format bench tensorboard clean quickstart-data
+.PHONY: help install train test test-fast test-all lint format bench tensorboard clean quickstart-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,11 +36,13 @@ quickstart-data: ## put Fashion-MNIST where the quickstart reads it (Debian pack
 train: install quickstart-data ## the offline quickstart: Lite0 (ImageNet weights from pip) on Fashion-MNIST, 1-channel, CPU
 	$(PY) -m tlbench.train experiment=quickstart
 
-test: install ## the test suite CI runs (CPU, well under 20 minutes)
-	$(PY) -m pytest -q -m "not gpu"
-
-test-fast: install ## the tests without the real-data training ones
+test: install ## the fast tests (tiny models, no subprocess runs but the signal ones): minutes on 2 CPU cores
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-fast: test ## the same as make test
+
+test-all: install ## every CPU test, real-data and subprocess ones too: what CI runs (under 20 minutes)
+	$(PY) -m pytest -q -m "not gpu"
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check src tests benchmarks
