@@ -92,13 +92,13 @@ GRAY_PRESET = {"mean": [0.5], "std": [0.25], "resize_size": 40, "crop_size": 32,
 
 
 def save_untrained_checkpoint(path: Path, class_names: list[str]) -> Path:
-    """A random-init 1-channel tiny resnet saved the way a run saves its checkpoints (no training needed)."""
+    """A random-init 1-channel resnet18 saved the way a run saves its checkpoints (no training needed)."""
     import lightning as L
 
     from tlbench.models.module import TransferModule
 
     model = TransferModule(
-        backbone={"name": TINY, "weights": None},
+        backbone={"name": "resnet18", "weights": None},
         num_classes=len(class_names),
         in_chans=1,
         class_names=class_names,
