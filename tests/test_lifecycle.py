@@ -93,7 +93,11 @@ def csv_epochs(run_dir: Path, column: str = "val/acc") -> list[int]:
         return sorted(int(row["epoch"]) for row in csv.DictReader(handle) if row.get(column))
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    # A Python process of its own each; SIGTERM (what schedulers send) in `make test`, SIGINT in test-all.
+    [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+)
 def test_a_signal_saves_a_checkpoint_exits_128_plus_n_and_the_same_command_continues(
     signum, status, tmp_path, cli
 ):
@@ -131,6 +135,7 @@ def test_a_signal_saves_a_checkpoint_exits_128_plus_n_and_the_same_command_conti
     assert csv_epochs(run_dir) == list(range(8))  # the epochs before the signal are still in metrics.csv
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_sigterm_stops_a_sweep_and_its_report_lists_what_did_not_finish(tmp_path):
     make_image_folder(tmp_path / "images", per_split={"train": 16, "val": 4})
     args = [
