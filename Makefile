@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint deps-check format bench gpu-wheels gpu-check tensorboard clean quickstart-data
+.PHONY: help install train test test-slow test-all lint deps-check format bench gpu-wheels gpu-check tensorboard clean quickstart-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -36,11 +36,14 @@ quickstart-data: ## put Fashion-MNIST where the quickstart reads it (Debian pack
 train: install quickstart-data ## the offline quickstart: Lite0 (ImageNet weights from pip) on Fashion-MNIST, 1-channel, CPU
 	$(PY) -m tlbench.train experiment=quickstart
 
-test: install ## the test suite CI runs (CPU, well under 20 minutes)
-	$(PY) -m pytest -q -m "not gpu"
-
-test-fast: install ## the tests without the real-data training ones
+test: install ## the fast tests (tiny models, no subprocess runs but the signal ones): minutes on 2 CPU cores
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-slow: install ## the slow tests only: real data, signals, launchers, kill-and-resume (what CI adds to make test)
+	$(PY) -m pytest -q -m "slow and not gpu"
+
+test-all: install ## every CPU test (make test + make test-slow)
+	$(PY) -m pytest -q -m "not gpu"
 
 lint: install ## ruff check + format check, import layering (lint-imports), declared dependencies (deptry)
 	$(VENV)/bin/ruff check src tests benchmarks

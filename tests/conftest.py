@@ -1,8 +1,15 @@
-"""Shared test helpers: generated image folders (so tests never depend on downloads) and ../shared/data."""
+"""Shared test helpers: generated image folders (so tests never depend on downloads), ../shared/data, a
+tiny backbone for tests of mechanics, one finished run shared by the tests that only read it, and the
+command line run in this process."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +51,22 @@ def make_image_folder(
     return root
 
 
-def small(root: Path) -> list[str]:
-    """Overrides that make any config cheap on a CPU: generated data, 32 px, random init, no workers."""
+# timm's test model: a resnet of 0.4 M parameters (resnet18 has 11 M), with the same stem + 4 stages + head
+# (named stage1..stage4). Tests of mechanics use it: a run trains in a second and its checkpoints are a
+# few MB instead of 130 MB with the optimizer state.
+TINY = "timm/test_resnet"
+
+
+def small(root: Path, backbone: str | None = TINY) -> list[str]:
+    """Overrides that make any config cheap on a CPU: generated data, 32 px, random init, no workers, and the
+    tiny backbone (backbone=None keeps the config's own, for tests of a named backbone)."""
     return [
         "data=imagefolder",
         f"data.root={root}",
         "data.image_size=32",
         "data.num_workers=0",
         "data.batch_size=8",
+        *([f"backbone.name={backbone}"] if backbone else []),
         "backbone.weights=null",
     ]
 
@@ -122,3 +137,70 @@ def data_config(root: Path | str | None, **values) -> DataConfig:
     place its defaults live), `values` on top, checked by the schema as a run's config is."""
     defaults = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "imagefolder.yaml"))
     return parse(DataConfig, {**defaults, "root": None if root is None else str(root), **values}, "data.")
+
+
+@dataclass
+class FinishedRun:
+    images: Path
+    overrides: list[str]
+    run_dir: Path
+    results: dict
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> FinishedRun:
+    """One complete one-epoch run, trained once per session; read it, or copy it (`run_copy`) to change it."""
+    from tlbench.run.train import compose_config, train
+
+    root = tmp_path_factory.mktemp("finished")
+    images = make_image_folder(root / "images", per_split={"train": 8, "val": 4})
+    overrides = [*small(images), "trainer.enable_progress_bar=false", "logger=none", "trainer.max_epochs=1"]
+    results = train(compose_config(overrides), root / "run")
+    return FinishedRun(images, overrides, root / "run", results)
+
+
+@pytest.fixture
+def run_copy(finished_run: FinishedRun, tmp_path: Path) -> Path:
+    """A copy of the shared finished run that a test may move, replace or re-run."""
+    return Path(shutil.copytree(finished_run.run_dir, tmp_path / "run"))
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str  # print()ed lines, and the tlbench log (where `python -m` writes it, through Hydra)
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`python -m tlbench.train <args>` run in this process — the same Hydra parsing, entry point, exit
+    status and messages, without a new interpreter's imports (seconds each). A subprocess stays for what only
+    a subprocess shows: signals."""
+    from tlbench.run import train as entry
+
+    def run(*args: str, cwd: Path | None = None) -> Ran:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+        # Hydra would configure logging for the whole test process; the tlbench log is caught here instead.
+        monkeypatch.setattr(
+            sys, "argv", ["tlbench.train", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"]
+        )
+        log, text = logging.getLogger("tlbench"), io.StringIO()
+        handler, level = logging.StreamHandler(text), log.level
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        capsys.readouterr()
+        try:
+            entry.main()
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
+        out, err = capsys.readouterr()
+        return Ran(status, out + text.getvalue(), err)
+
+    return run

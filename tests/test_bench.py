@@ -35,6 +35,7 @@ def bench():
     del sys.modules["bench"]
 
 
+@pytest.mark.slow  # real CIFAR-10 images
 def test_bench_times_notebook_and_product_path_on_the_same_images(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
     report = bench.main([*TINY, f"--data={shared_data('cifar10')}", f"--out={out}"])

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import TINY
 from tlbench.models.module import TransferModule
 from tlbench.models.stages import in_prefix
 from tlbench.models.strategies import Strategy, StrategyError
@@ -273,13 +274,13 @@ def test_a_resumed_schedule_trains_what_the_uninterrupted_run_trained(
     """Stopped after `stop_after` epochs and resumed from last.ckpt: the same stages, gradients, BatchNorm
     modes each epoch, and the same weights at the end (gradual, unfreeze_every=2, came back head-only)."""
     torch.manual_seed(0)
-    whole = module("resnet18", strategy=strategy, **options)
+    whole = module(TINY, strategy=strategy, **options)
     whole_state = fit_with_checkpoints(whole, tmp_path / "whole")
 
     torch.manual_seed(0)
-    cut = module("resnet18", strategy=strategy, **options)
+    cut = module(TINY, strategy=strategy, **options)
     fit_with_checkpoints(cut, tmp_path / "cut", stop_after=stop_after)
-    resumed = module("resnet18", strategy=strategy, **options)
+    resumed = module(TINY, strategy=strategy, **options)
     resumed_state = fit_with_checkpoints(resumed, tmp_path / "cut", resume=tmp_path / "cut" / "last.ckpt")
 
     for epoch in range(stop_after, 5):

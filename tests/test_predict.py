@@ -54,6 +54,7 @@ def test_cli_cam_writes_an_overlay_per_image_of_the_input_size(checkpoint, tmp_p
         assert png.format == "PNG" and png.mode == "RGB" and png.size == (32, 32)  # the preset's crop
 
 
+@pytest.mark.slow  # real images, ImageNet weights
 def test_zero_shot_lite0_names_ants_and_bees_with_imagenet_classes():
     val = shared_data("hymenoptera/val")
     model = load_zero_shot("efficientnet_lite0")
@@ -66,6 +67,7 @@ def test_zero_shot_lite0_names_ants_and_bees_with_imagenet_classes():
     assert accuracy >= 0.7, list(zip(top, expected))
 
 
+@pytest.mark.slow  # real images, ImageNet weights
 def test_zero_shot_cli_needs_no_checkpoint_and_explains_with_cam(tmp_path, capsys):
     val = shared_data("hymenoptera/val")
     bee = sorted((val / "bees").glob("*.jpg"))[0]

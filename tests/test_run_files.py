@@ -56,9 +56,7 @@ def test_a_sigkilled_holder_frees_the_claim_although_its_forked_child_lives_on(t
                 os.kill(int(child_pid_file.read_text()), signal.SIGKILL)
 
 
-def test_an_unwritable_cache_leaves_the_run_going_and_no_partial_file(
-    tmp_path, monkeypatch, caplog
-):
+def test_an_unwritable_cache_leaves_the_run_going_and_no_partial_file(tmp_path, monkeypatch, caplog):
     """torch.save reports a read-only or full disk as RuntimeError, not OSError: still only a warning."""
     import torch
 

@@ -1,126 +1,20 @@
 """Sweep machinery without training: run-folder names, failures on disk, GPU pinning, the DDP guard, the
-launcher and sweep presets, and whole multiruns of a stand-in app (seconds each, CPU only)."""
+launcher and sweep presets as tlbench's own config composes them. Whole sweeps of the real entry point
+(skip, force, retry, failures, launchers): test_sweep.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-import tlbench
 from tlbench.run import sweep
-
-REPO = Path(__file__).resolve().parents[1]
-SRC = Path(tlbench.__file__).resolve().parents[1]
-
-# The `hydra:` block of conf/train.yaml that sweeps rely on (docs/SWEEPS.md shows the same).
-HYDRA_BLOCK = """
-hydra:
-  job:
-    chdir: false
-    config:
-      override_dirname:
-        exclude_keys: [force, sweep, data.num_workers, trainer.enable_progress_bar]
-  sweep:
-    dir: outputs/multirun/${hydra.runtime.choices.sweep}
-    subdir: ${tlbench.dirname:${hydra.job.override_dirname}}
-  callbacks:
-    plugins:
-      _target_: tlbench.run.sweep.ExplainMissingPlugin
-    report:
-      _target_: tlbench.run.sweep.ReportOnMultirunEnd
-"""
-
-# A stand-in for tlbench.run.train with the same contract: skip a complete results.json unless force=true,
-# keep a failure in error.txt and go on with the sweep.
-APP = """
-import json, os
-from pathlib import Path
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-
-from tlbench.run import sweep
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg):
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    gpu = sweep.pin_job_to_gpu(hydra_cfg)
-    done = run_dir / "results.json"
-    if done.exists() and not cfg.force:
-        print("SKIP", run_dir.name, flush=True)
-        return json.loads(done.read_text())["metrics"]["val/acc"]
-    sweep.clear_failure(run_dir)
-    print("RUN", run_dir.name, "pid", os.getpid(), "gpu", gpu, flush=True)
-    try:
-        if cfg.fail:
-            raise ValueError("this job was asked to fail")
-        acc = {"freeze": 0.8, "partial": 0.85, "full": 0.9}[cfg.strategy.name] + cfg.seed / 100
-        params = {"data": "toy", "backbone": "tiny", "strategy": cfg.strategy.name, "seed": cfg.seed}
-        results = {"status": "complete", "params": params, "metrics": {"test/acc": acc, "val/acc": acc}}
-        done.write_text(json.dumps(results))
-        return acc
-    except Exception as error:
-        sweep.record_failure(run_dir, error)
-        return None
-
-
-if __name__ == "__main__":
-    main()
-"""
-
-
-def has_plugin(module: str) -> bool:
-    return sweep.is_installed(f"hydra_plugins.{module}")
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    """The stand-in app in tmp_path, composing the repo's conf/ (strategy, sweep and launcher presets)."""
-    (tmp_path / "conf").mkdir()
-    primary = """
-    defaults:
-      - strategy: partial
-      - sweep: adhoc
-      - _self_
-    seed: 0
-    fail: false
-    force: false
-    """
-    searchpath = f"\n  searchpath: [file://{REPO / 'conf'}]"
-    block = HYDRA_BLOCK.replace("hydra:", "hydra:" + searchpath, 1)
-    (tmp_path / "conf" / "train.yaml").write_text(textwrap.dedent(primary) + block)
-    (tmp_path / "app.py").write_text(APP)
-    return tmp_path
-
-
-def multirun(app: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    environ |= {"PYTHONPATH": str(SRC), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "app.py", "-m", *overrides],
-        cwd=app,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def ran(done: subprocess.CompletedProcess, word: str = "RUN") -> list[str]:
-    return sorted(line.split()[1] for line in done.stdout.splitlines() if line.startswith(word + " "))
-
 
 # --- run-folder names ---------------------------------------------------------------------------------
 
@@ -260,12 +154,15 @@ def test_several_devices():
 # --- presets ------------------------------------------------------------------------------------------
 
 
-def compose_app(app: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(app / "conf"), version_base="1.3"):
+def compose_with_hydra(*overrides: str):
+    """tlbench's config with its hydra: block (launcher, sweeper, sweep folder), as `-m` composes it."""
+    GlobalHydra.instance().clear()
+    sweep.register_with_hydra()
+    with initialize_config_module(config_module="tlbench.conf", version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=True)
 
 
-def test_sweep_presets_set_the_grid(app: Path):
+def test_sweep_presets_set_the_grid():
     grids = {
         "strategies": {"strategy": "freeze,partial,full", "seed": "0,1,2"},
         "strategies_backbones": {
@@ -276,21 +173,22 @@ def test_sweep_presets_set_the_grid(app: Path):
         "data_size": {"data.per_class": "10,30,100,300", "strategy": "freeze,partial,full", "seed": "0,1,2"},
     }
     for name, grid in grids.items():
-        cfg = compose_app(app, f"sweep={name}")
+        cfg = compose_with_hydra(f"sweep={name}")
         assert dict(cfg.hydra.sweeper.params) == grid
+        assert cfg.hydra.sweep.dir == f"outputs/multirun/{name}"  # each preset sweep in its own folder
 
 
-def test_slurm_preset_exposes_gpus_time_and_partition(app: Path):
-    cfg = compose_app(
-        app, "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"
+def test_slurm_preset_exposes_gpus_time_and_partition():
+    cfg = compose_with_hydra(
+        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2"
     )
     launcher = cfg.hydra.launcher
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 2, 120)
     assert (launcher.cpus_per_task, launcher.mem_gb, launcher.tasks_per_node) == (8, 32, 1)
 
 
-def test_gpus_preset_runs_one_job_per_gpu(app: Path):
-    launcher = compose_app(app, "hydra/launcher=gpus").hydra.launcher
+def test_gpus_preset_runs_one_job_per_gpu():
+    launcher = compose_with_hydra("hydra/launcher=gpus").hydra.launcher
     assert launcher.n_jobs == max(1, sweep.gpu_count())
     assert launcher._target_.endswith("JoblibLauncher") or launcher._target_.startswith(sweep.NOT_INSTALLED)
 
@@ -319,59 +217,3 @@ def test_only_rank_zero_reports_under_torchrun(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     sweep.ReportOnMultirunEnd().on_multirun_end(config)
     assert (tmp_path / "summary.md").exists()
-
-
-# --- whole multiruns of the stand-in app --------------------------------------------------------------
-
-
-def test_failed_job_does_not_stop_the_sweep_and_a_rerun_does_only_what_is_missing(app: Path):
-    first = multirun(app, "strategy=freeze,full", "fail=false,true")
-    sweep_dir = app / "outputs" / "multirun" / "adhoc"
-    assert first.returncode == 1, first.stderr  # the report lists the failures; the exit status says so
-    assert ran(first) == [f"fail={f},strategy={s}" for f in ("False", "True") for s in ("freeze", "full")]
-    error = (sweep_dir / "fail=True,strategy=full" / "error.txt").read_text()
-    assert error.strip().endswith("ValueError: this job was asked to fail")
-    summary = json.loads((sweep_dir / "summary.json").read_text())
-    assert summary["counts"] == {"complete": 2, "failed": 2, "missing": 0}
-    assert (sweep_dir / "accuracy_by_strategy.png").exists()
-
-    again = multirun(app, "fail=false,true", "strategy=freeze,full")  # same sweep, arguments reordered
-    assert ran(again, "SKIP") == ["fail=False,strategy=freeze", "fail=False,strategy=full"]
-    assert ran(again) == ["fail=True,strategy=freeze", "fail=True,strategy=full"]
-
-    forced = multirun(app, "strategy=freeze", "fail=false", "force=true")
-    assert ran(forced) == ["fail=False,strategy=freeze"]
-
-
-def test_preset_sweep_gets_its_own_folder_and_a_clean_exit(app: Path):
-    done = multirun(app, "sweep=strategies", "seed=0,1")
-    assert done.returncode == 0, done.stderr
-    sweep_dir = app / "outputs" / "multirun" / "strategies"
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == [
-        f"seed={seed},strategy={s}" for seed in (0, 1) for s in ("freeze", "full", "partial")
-    ]
-    assert "| toy | tiny | all | full | 2 | 0.9050 ± 0.0071 |" in done.stdout
-
-
-@pytest.mark.skipif(not has_plugin("hydra_submitit_launcher"), reason="pip install 'tlbench[sweep]'")
-def test_submitit_local_executor_runs_the_jobs(app: Path):
-    done = multirun(app, "hydra/launcher=local", "strategy=freeze,full")
-    assert done.returncode == 0, done.stderr
-    sweep_dir = app / "outputs" / "multirun" / "adhoc"
-    assert (sweep_dir / "strategy=freeze" / "results.json").exists()
-    assert (sweep_dir / "strategy=full" / "results.json").exists()
-    assert list((sweep_dir / ".submitit").iterdir())  # submitit's own logs, one folder per job
-
-
-@pytest.mark.skipif(not has_plugin("hydra_joblib_launcher"), reason="pip install 'tlbench[sweep]'")
-def test_joblib_jobs_run_side_by_side_one_gpu_each(app: Path, tmp_path: Path):
-    # Two visible "GPUs" by name only: pinning never touches CUDA, so this runs on a CPU machine.
-    env = {"CUDA_VISIBLE_DEVICES": "0,1", "TMPDIR": str(tmp_path)}
-    done = multirun(
-        app, "hydra/launcher=gpus", "hydra.launcher.n_jobs=2", "strategy=freeze,partial,full", env=env
-    )
-    assert done.returncode == 0, done.stderr
-    jobs = [line.split() for line in done.stdout.splitlines() if line.startswith("RUN ")]
-    gpu_of_pid = {job[3]: job[5] for job in jobs}
-    assert len(jobs) == 3
-    assert sorted(set(gpu_of_pid.values())) == ["0", "1"]  # two workers, one GPU each

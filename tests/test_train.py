@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -57,7 +55,7 @@ def test_every_config_option_composes(group, generated):
 
 @pytest.mark.parametrize("backbone", options("backbone"))
 def test_every_backbone_config_instantiates(backbone, generated):
-    cfg = compose_config([f"backbone={backbone}", *small(generated)])
+    cfg = compose_config([f"backbone={backbone}", *small(generated, backbone=None)])
     datamodule = build_datamodule(check_config(cfg), generated)
     module = build_module(cfg, datamodule)
     assert module.num_classes == 2 and module.preset.crop_size > 0
@@ -82,19 +80,7 @@ def test_every_strategy_runs_fast_dev_run(strategy, data_in_chans, generated, tm
     assert saved["trainable_params"] < saved["total_params"] or strategy == "full"
 
 
-def run_cli(*overrides: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "tlbench.train", *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path):
+def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path, cli):
     run_dir = tmp_path / "run"
     args = (
         *small(generated),
@@ -102,7 +88,7 @@ def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path):
         "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir}",
     )
-    first = run_cli(*args, cwd=tmp_path)
+    first = cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "test acc" in first.stdout and str(run_dir) in first.stdout
     results = json.loads((run_dir / "results.json").read_text())
@@ -112,14 +98,13 @@ def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path):
     assert results["train_images_per_s"] > 0 and results["peak_memory_mb"] > 0
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     stamp = (run_dir / "results.json").stat().st_mtime
-    again = run_cli(*args, cwd=tmp_path)
+    again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "skipping" in again.stderr + again.stdout
     assert (run_dir / "results.json").stat().st_mtime == stamp
 
 
-def test_missing_weights_offline_fail_fast_with_the_ways_out(generated, tmp_path):
-    started = time.monotonic()
-    result = run_cli(
+def test_missing_weights_offline_fail_fast_with_the_ways_out(generated, tmp_path, cli):
+    result = cli(
         "data=imagefolder",
         f"data.root={generated}",
         "backbone=resnet152",
@@ -130,8 +115,8 @@ def test_missing_weights_offline_fail_fast_with_the_ways_out(generated, tmp_path
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "backbone.checkpoint" in result.stderr and "backbone.weights=null" in result.stderr
-    assert time.monotonic() - started < 120
     assert (tmp_path / "run" / "error.txt").exists()
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # failed before training (not after a timeout)
 
 
 @pytest.mark.parametrize(
@@ -142,9 +127,9 @@ def test_missing_weights_offline_fail_fast_with_the_ways_out(generated, tmp_path
         ("data.root=/no/such/dir", "does not exist"),
     ],
 )
-def test_bad_names_and_paths_get_a_clear_message(override, message, generated, tmp_path):
+def test_bad_names_and_paths_get_a_clear_message(override, message, generated, tmp_path, cli):
     args = [*small(generated), override, f"hydra.run.dir={tmp_path / 'run'}"]
-    result = run_cli(*args, cwd=tmp_path)
+    result = cli(*args, cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
 
