@@ -1,16 +1,12 @@
 """Every config key, once: its type, its allowed values or range, and the one-line message when it is wrong.
 
-One frozen dataclass per config group, all in `RunConfig`. A field's type says what it holds (`int | None`:
-a whole number, or null) and its `rule(...)` which values are allowed; one generic validator, `parse`,
-reads both, refuses an unknown or missing key, a wrong type or an out-of-range value with one line (the
-key, the value, what to write), and returns the typed config. The modules below the entry point receive
-these typed objects and check no value again; the choice lists below are the ones they use.
+One frozen dataclass per config group, all in `RunConfig`; `parse` reads a field's type and its `rule(...)`,
+refuses an unknown, missing, mistyped or out-of-range key in one line, and returns the typed config, which
+the modules below the entry point check no more.
 
-Why stdlib dataclasses, not Hydra's structured configs (ConfigStore) alone: OmegaConf refuses a wrong type
-at compose time, but in a multi-line error, and knows no ranges or choices (`data.val_fraction=1.5` and
-`optim.name=adam` pass it); pydantic or hydra-zen would add a dependency for what this file does. Defaults
-live in ONE place, the YAML of conf/ (where users read them, with comments): these dataclasses have none,
-and a key the YAML does not set is refused as missing, never filled in by code.
+Why not Hydra's structured configs alone: OmegaConf's type errors are multi-line and it knows no ranges or
+choices (`data.val_fraction=1.5` passes); pydantic or hydra-zen would add a dependency. Defaults live only
+in conf/*.yaml: these dataclasses have none, and a key the YAML does not set is refused as missing.
 """
 
 from __future__ import annotations
