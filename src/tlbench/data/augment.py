@@ -23,11 +23,8 @@ def sample_crop_boxes(
     device: torch.device | str = "cpu",
     attempts: int = 10,
 ) -> torch.Tensor:
-    """RandomResizedCrop.get_params for n images at once: (n, 4) float boxes (top, left, h, w) in pixels.
-
-    Same algorithm as torchvision: up to `attempts` draws of area and log-aspect per image, the first that
-    fits is kept, otherwise a centre crop with the aspect clamped to `ratio`. Boxes are whole pixels.
-    """
+    """torchvision's RandomResizedCrop.get_params for n images at once: (n, 4) whole-pixel boxes
+    (top, left, h, w); the first of `attempts` draws that fits, else a centre crop with the aspect clamped."""
     area = height * width
     u = torch.rand((n, attempts, 4), generator=generator, device=device, dtype=torch.float64)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
@@ -58,11 +55,8 @@ def sample_crop_boxes(
 def _sample_coords(
     start: torch.Tensor, length: torch.Tensor, size: int, extent: int, clamp: bool
 ) -> torch.Tensor:
-    """(n, size) grid_sample coordinates of `size` samples across [start, start+length) of an `extent` axis.
-
-    Sample k sits at start + (k+0.5)·length/size - 0.5 (half-pixel centres, as torchvision and PIL resize);
-    bilinear clamps it to the crop's first and last pixel, as resizing an already cropped image does.
-    """
+    """(n, size) grid_sample coordinates across [start, start+length) of an `extent` axis, at half-pixel
+    centres (as torchvision and PIL resize); `clamp` keeps them inside the crop, as resizing a crop does."""
     k = torch.arange(size, device=start.device, dtype=torch.float32) + 0.5
     src = start[:, None] + k * (length / size)[:, None] - 0.5
     if clamp:
@@ -77,12 +71,10 @@ def resized_crop(
     flip: torch.Tensor | None = None,
     interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """Crop each image to its box (top, left, h, w) and resize it to size×size, mirrored where `flip` is set.
+    """Crop each image to its box (top, left, h, w), resize it to size×size (float32), mirror where `flip`.
 
-    One grid_sample for the whole batch, float32 out in the input's value range. Bilinear equals torchvision's
-    resized_crop(antialias=False); bicubic differs only in the taps next to the crop's edge, which read the
-    pixels beyond it. No antialiasing: with images stored at the preset's resize_size a crop shrinks by at
-    most resize/crop (256/224), where it changes little.
+    Bilinear equals torchvision's resized_crop(antialias=False); bicubic differs only next to the crop's
+    edge. No antialiasing: images stored at the preset's resize_size shrink by at most 256/224.
     """
     n, chans, height, width = images.shape
     top, left, h, w = boxes.to(images.device, torch.float32).unbind(1)
@@ -108,10 +100,8 @@ class Normalize:
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
     ):
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        self.dtype = dtype
-        self.channels_last = channels_last
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.dtype, self.channels_last = dtype, channels_last
         self._coeffs: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _scale_shift(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,12 +127,9 @@ class EvalPreprocess(Normalize):
 class GpuAugment:
     """RandomResizedCrop + RandomHorizontalFlip (+ a policy) + Normalize for a uint8 batch, on its device.
 
-    Every sample gets its own box and flip, drawn from the generator passed in (the loader's, seeded per
-    epoch, so a resumed run draws what the uninterrupted one drew). `policy` (data.augment: torchvision's
-    TrivialAugmentWide or RandAugment) then runs on each cropped uint8 image by itself — a v2 policy given
-    a batch would apply one operation to all of it — with torch's global RNG seeded from that generator for
-    the batch, so it is as reproducible as the crops. Output: float (or `dtype`), normalised, channels_last
-    when asked.
+    `policy` (data.augment: TrivialAugmentWide or RandAugment) runs on each cropped image by itself — a v2
+    policy given a batch would apply one operation to all of it — with torch's RNG seeded from the batch's
+    generator, so it is as reproducible as the crops.
     """
 
     def __init__(
@@ -158,20 +145,14 @@ class GpuAugment:
         channels_last: bool = False,
         policy: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        self.crop_size = crop_size
-        self.policy = policy
-        self.scale = scale
-        self.ratio = ratio
-        self.hflip = hflip
-        self.interpolation = interpolation
+        self.crop_size, self.policy, self.interpolation = crop_size, policy, interpolation
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
         self.normalize = Normalize(mean, std, dtype=dtype, channels_last=channels_last)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(n, height, width, self.scale, self.ratio, generator, images.device)
-        flip = None
-        if self.hflip:
-            flip = torch.rand(n, generator=generator, device=images.device) < 0.5
+        flip = torch.rand(n, generator=generator, device=images.device) < 0.5 if self.hflip else None
         cropped = resized_crop(images, boxes, self.crop_size, flip, self.interpolation)
         if self.policy is not None:
             cropped = self.apply_policy(cropped, generator)

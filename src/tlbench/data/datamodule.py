@@ -1,11 +1,6 @@
-"""The data side of an experiment: where images come from, which of them are used, and how they are shown
-to the network.
-
-Sources (sources.py) give labelled items per split; `ImageDataModule` re-splits them into k folds where
-asked (data.folds), takes a per-class subset, hands the splits to one pipeline (pipelines.py: streaming, or
-decoded once into memory; features.py wraps either with a frozen trunk's features) that reads them, leaves
-out unreadable files (and says which), and serves batches ready for the network. Preprocessing comes from
-the backbone's pretrained preset — the one place mean/std, crop size and interpolation come from.
+"""The data side of an experiment: `ImageDataModule` takes a source's splits (sources.py), re-splits them
+into k folds and per-class subsets where asked, and hands them to one pipeline (pipelines.py, features.py)
+that leaves out unreadable files and serves batches. Preprocessing comes from the backbone's preset alone.
 """
 
 from __future__ import annotations
@@ -64,8 +59,7 @@ class ImageDataModule(L.LightningDataModule):
     """Train / val / test loaders for one source, sized and normalised for one backbone's preset."""
 
     def __init__(self, config: DataConfig, preset: Preset, seed: int, run_dir: str | Path | None = None):
-        """`config`: the checked data group (schema.py); `preset`: the backbone's preprocessing; `run_dir`:
-        where the images a run used are recorded (None: nowhere)."""
+        """`run_dir`: where the images a run used are recorded (None: nowhere)."""
         super().__init__()
         if len(preset.mean) != config.in_chans:
             raise DataError(
@@ -108,8 +102,8 @@ class ImageDataModule(L.LightningDataModule):
         return self.train_crop_scale != (1.0, 1.0) or self.config.hflip or self.config.augment != "crop_flip"
 
     def prepare_data(self) -> None:
-        # Downloads (when online) happen once here, before workers or ranks read the files. A module
-        # already set up in this process (train.py sets up first, to size the head) has its data.
+        # Download once, before workers or ranks read; a module already set up (train.py, to size the head)
+        # has its data.
         if self.config.source != "imagefolder" and self.data is None:
             self.load()
 
@@ -148,8 +142,8 @@ class ImageDataModule(L.LightningDataModule):
         log.info("data pipeline: %s", self.pipeline.name)
 
     def cross_validate(self, data: SourceData) -> None:
-        """data.folds=K: train and val pooled and split into K folds; fold data.fold validates, the rest
-        train. The test split stays; where the source has none, the validation fold stands in for it."""
+        """data.folds=K: train and val pooled into K folds; fold data.fold validates (and stands in for a
+        missing test split), the rest train."""
         pool, folds, fold = cross_validation_pool(data), self.config.folds, self.config.fold
         assignment = fold_of_each(pool, folds, self.seed)
         data.splits["train"], data.splits["val"] = split_by_fold(pool, assignment, fold)
@@ -211,8 +205,7 @@ class ImageDataModule(L.LightningDataModule):
             )
 
     def preview_batch(self, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images as the network receives them (augmented, normalised): for the run's figures,
-        also when training batches are trunk features."""
+        """Training images as the network receives them, also when training batches are trunk features."""
         images = self.pipeline.images if isinstance(self.pipeline, FeaturePipeline) else self.pipeline
         return next(iter(images.loader("train", True, size, self.device, self.current_epoch)))
 
@@ -222,15 +215,13 @@ class ImageDataModule(L.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def current_epoch(self) -> int:
-        """The epoch the next pass belongs to. Training loaders ask at their first batch, once Lightning has
-        set `current_epoch` from a resumed checkpoint; only a resumed run's sanity check asks before, for
-        validation batches, which do not depend on the epoch."""
+        """The epoch the next pass belongs to; training loaders ask at their first batch, after Lightning has
+        restored `current_epoch` from a checkpoint."""
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def class_weights(self) -> list[float] | None:
-        """data.balance=loss: cross-entropy weights from the training split's class counts, inverse frequency
-        normalised to mean 1 (so the loss keeps its scale and the learning rates their meaning); else None,
-        also where every class has as many images (weights of 1 would only add rounding)."""
+        """data.balance=loss: inverse class frequencies of the training split, normalised to mean 1 so the
+        loss keeps its scale; None otherwise or where the classes are equal (1s would only add rounding)."""
         if self.config.balance != "loss":
             return None
         counts = torch.bincount(self.labels("train"), minlength=self.num_classes).double()

@@ -1,8 +1,7 @@
 """Decode once: each image read, resized and cropped a single time into uint8, optionally cached on disk.
 
-Streaming decodes every image every epoch and the CPU sets the pace (two workers feed a ResNet-18 ~800
-images/s; an H100 trains on 10,000+). The memory pipeline decodes here, once; this pass is also the
-bad-image check: a file that cannot be decoded is listed, not raised.
+Streaming decodes every image every epoch and the CPU sets the pace (two workers feed ~800 images/s; an
+H100 trains on 10,000+). This pass is also the bad-image check: an undecodable file is listed, not raised.
 """
 
 from __future__ import annotations
@@ -29,11 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def image_sizes(paths: Sequence[str | Path]) -> set[tuple[int, int]]:
-    """The distinct (width, height) of the images in a file list as a viewer shows them (EXIF orientation
-    applied), read from headers (no pixels decoded).
-
-    A file whose header cannot be read is left out here; decoding it reports it as a bad image.
-    """
+    """The distinct (width, height) of the images as a viewer shows them (EXIF applied), from headers only;
+    an unreadable header is left out here, for decoding to report."""
     sizes = set()
     for path in paths:
         try:
@@ -47,12 +43,8 @@ def image_sizes(paths: Sequence[str | Path]) -> set[tuple[int, int]]:
 def resize_center_crop_uint8(
     images: torch.Tensor, resize_size: int, crop_size: int, interpolation: str = "bilinear", chunk: int = 1024
 ) -> torch.Tensor:
-    """Resize(resize_size) + CenterCrop(crop_size) of a uint8 batch of equal-sized images, on its device.
-
-    For datasets whose images all share one size (CIFAR, MNIST): decode them once at native size, which is
-    cheap, and make the eval-sized copy here instead of with PIL on the CPU (10 s for CIFAR-10's test set on
-    a 16-core host). In chunks: the resize works in float, 4 bytes a pixel at the resized size.
-    """
+    """Resize(resize_size) + CenterCrop(crop_size) of a uint8 batch of equal-sized images (CIFAR, MNIST), on
+    its device: PIL on the CPU takes 10 s for CIFAR-10's test set. In chunks: the resize works in float."""
     crop = resize_center_crop(resize_size, crop_size, interpolation)
     out = torch.empty(
         (len(images), images.shape[1], crop_size, crop_size), dtype=torch.uint8, device=images.device
@@ -80,11 +72,8 @@ def cache_file(cache_dir: str | Path, items: Sequence, tag: str, kind: str) -> P
 
 
 def load_cached(path: Path, fingerprint: str) -> dict | None:
-    """The payload saved at `path` if it is readable and was made from files with this fingerprint.
-
-    A file cut short by a crash or a full disk is decoded again with a warning: it is a cache, never the
-    reason a run fails.
-    """
+    """The payload at `path` if readable and made from files with this fingerprint; a file cut short is
+    rebuilt with a warning: a cache is never the reason a run fails."""
     if not path.exists():
         return None
     try:
@@ -96,9 +85,8 @@ def load_cached(path: Path, fingerprint: str) -> dict | None:
 
 
 def save_cached(path: Path, payload: dict) -> None:
-    """Atomic (results.files.write_atomic): a reader never sees half a file. A cache is an optimisation, so
-    any failure to write it (a read-only or full disk: torch.save reports those as RuntimeError) leaves the
-    run going without it."""
+    """Atomic; a failure to write (a read-only or full disk: RuntimeError from torch.save) leaves the run
+    going without the cache."""
     try:
         write_atomic(path, lambda handle: torch.save(payload, handle))
     except (OSError, RuntimeError) as error:
@@ -123,13 +111,10 @@ def decode_to_uint8(
 ) -> Decoded:
     """Decode each image once into a (N, in_chans, crop, crop) uint8 tensor, in the order of `items`.
 
-    Each image is resized so its shorter side is `size`, then centre-cropped to `crop_size` (default `size`):
-    train images are stored whole-ish at `size` so a RandomResizedCrop still has pixels to choose from, eval
-    images as the final Resize(size)+CenterCrop(crop_size) the model sees. `read` turns an item into a PIL
-    image in the right mode (default: `tlbench.data.images.read_image` on a file path). This pass is also the
-    bad-image check: a file that cannot be decoded is listed in `bad`, not raised. With `cache_dir` (file
-    paths only) the result is saved there, keyed by the file list and these settings, and decoded again
-    when any file's size or modification time changes.
+    Resize(size) then CenterCrop(crop_size, default `size`): train images keep `size` so RandomResizedCrop has
+    pixels to choose from; eval images get their final crop. `read`: item → PIL image (default: read_image on
+    a path). With `cache_dir` (file paths only) the result is cached, keyed by the file list and settings, and
+    decoded again when any file's size or modification time changes.
     """
     read = read or (lambda path: read_image(path, in_chans))
     crop_size = size if crop_size is None else crop_size

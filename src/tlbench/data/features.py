@@ -1,16 +1,11 @@
 """strategy=freeze without running the frozen trunk every step: a mode of the data side.
 
-With strategy=freeze and bn=eval the trunk is a fixed function, so `trainer.fit` would recompute the same
-features every epoch. `FeaturePipeline` wraps the image pipeline: each epoch it embeds the training
-images once (in big batches, one fresh augmented view per epoch, so every epoch still sees its own random
-crops) and serves (features, label) batches; validation features are embedded once. The LightningModule
-sends a 2-D batch through the head alone, so the optimizer, scheduler, checkpoints, resume, logging and
-results are those of every other run. Test batches are images through the whole network: what is
-reported is the network a checkpoint reloads.
-
-What differs from end-to-end frozen training: the trunk runs in eval mode while it embeds, so dropout or
-stochastic depth inside a trunk (EfficientNet, ConvNeXt, ViT in torchvision) is off. Weight for weight the
-two give the same head (tests/test_features.py).
+With strategy=freeze and bn=eval the trunk is a fixed function, so `FeaturePipeline` embeds the training
+images once per epoch (one fresh augmented view each, in big batches) and validation images once, and
+serves (features, label) batches; the LightningModule sends a 2-D batch through the head alone, so
+everything else is as in any other run. Test batches are images through the whole network: what is
+reported is what a checkpoint reloads. The trunk embeds in eval mode, so its dropout or stochastic depth
+is off; otherwise the head is the same, weight for weight (tests/test_features.py).
 """
 
 from __future__ import annotations
@@ -58,16 +53,16 @@ class FeatureLoader:
             self.features = torch.cat([self.embed(x) for x, _ in self.images()])
             self.labels = self.labels.to(self.features.device)
             self.epoch = epoch
-        batches = InMemoryLoader(
+        yield from InMemoryLoader(
             self.features,
             self.labels,
             self.batch_size,
             self.shuffle,
-            seed=self.seed,
-            epoch_of=lambda: epoch,
-            balanced=self.balanced,
+            None,
+            self.seed,
+            lambda: epoch,
+            self.balanced,
         )
-        yield from batches
 
 
 class FeaturePipeline:

@@ -1,9 +1,7 @@
 """Reading one image the way a pretrained network expects it, whatever the file holds.
 
-Real datasets mix palette GIFs, RGBA PNGs, CMYK JPEGs and 16-bit scans; `Normalize` then fails on the
-wrong channel count (the seed README's RGBA bug). Every image goes through `read_image` so the rest of
-the pipeline only ever sees 8-bit "RGB" (3 channels) or "L" (1 channel), turned the way an image viewer
-shows it (a phone photo's EXIF orientation applied).
+Real datasets mix palette GIFs, RGBA PNGs, CMYK JPEGs and 16-bit scans, on which `Normalize` fails (the
+seed README's RGBA bug): `read_image` hands on only 8-bit "RGB" or "L", turned as a viewer shows it (EXIF).
 """
 
 from __future__ import annotations
@@ -59,8 +57,7 @@ def convert_mode(image: Image.Image, in_chans: int) -> Image.Image:
 
 
 def read_image(path: str | Path, in_chans: int = 3) -> Image.Image:
-    """Decode `path` fully (so truncation shows up here, not in a worker), turn it upright as its EXIF
-    orientation says (cameras store pixels as the sensor saw them; viewers rotate), convert its mode."""
+    """Decode `path` fully (truncation shows up here, not in a worker), turn it upright, convert its mode."""
     try:
         with Image.open(path) as image:
             image.load()

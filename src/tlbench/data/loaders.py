@@ -21,12 +21,10 @@ IMBALANCED_RATIO = 1.5
 
 
 def epoch_order(labels: torch.Tensor, generator: torch.Generator, balanced: bool = False) -> torch.Tensor:
-    """The indices one training epoch visits, drawn from the epoch's generator: a permutation, or
-    (`balanced`, data.balance=sampler) as many draws with replacement, each class equally likely — what
-    torch's WeightedRandomSampler draws with inverse class-frequency weights, but seeded per epoch so a
-    resumed run draws the same. Where the classes are within IMBALANCED_RATIO of each other a permutation is
-    kept: a draw with replacement leaves about a third of the images out of each epoch, a bigger loss on a
-    small, nearly balanced set (hymenoptera's 124:121) than the imbalance it would correct."""
+    """The indices one training epoch visits: a permutation, or (`balanced`) n draws with replacement, each
+    class equally likely (WeightedRandomSampler, seeded per epoch). Classes within IMBALANCED_RATIO keep the
+    permutation: drawing with replacement leaves a third of the images out of each epoch, a bigger loss on a
+    nearly balanced set (hymenoptera's 124:121) than the imbalance it would correct."""
     n = len(labels)
     counts = torch.bincount(labels) if balanced else None
     present = counts[counts > 0] if counts is not None else None
@@ -37,14 +35,9 @@ def epoch_order(labels: torch.Tensor, generator: torch.Generator, balanced: bool
 
 
 class InMemoryLoader:
-    """Batches of (transform(images[idx]), labels[idx]) from tensors, shuffled anew (and seeded) each epoch.
-
-    The tensors stay wherever they are (move them to the GPU once), so indexing a batch is a gather on that
-    device and nothing is copied per step. `transform(x, generator)` (e.g. GpuAugment) gets the epoch's
-    generator. `epoch_of` says which epoch is starting (the trainer's); without it each pass counts as the
-    next epoch. `balanced`: each epoch a class-balanced draw (`epoch_order`) instead of a permutation. Also
-    serves cached features: any (N, ...) tensor works.
-    """
+    """Batches of (transform(images[idx], generator), labels[idx]) from (N, ...) tensors on their device (a
+    gather per step, no copy), ordered by `epoch_order`. `epoch_of` gives the starting epoch (the trainer's);
+    without it each pass counts as the next."""
 
     def __init__(
         self,
@@ -59,14 +52,8 @@ class InMemoryLoader:
     ):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.transform = transform
-        self.seed = seed
-        self.epoch_of = epoch_of
-        self.balanced = balanced
+        self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
+        self.transform, self.seed, self.epoch_of, self.balanced = transform, seed, epoch_of, balanced
         self.passes = 0
 
     def __len__(self) -> int:
@@ -79,26 +66,19 @@ class InMemoryLoader:
         generator = epoch_generator(device, self.seed, epoch)
         order = epoch_order(self.labels, generator, self.balanced) if self.shuffle else None
         for start in range(0, n, self.batch_size):
-            if order is None:
-                x, y = (
-                    self.images[start : start + self.batch_size],
-                    self.labels[start : start + self.batch_size],
-                )
-            else:
-                idx = order[start : start + self.batch_size]
-                x, y = self.images[idx], self.labels[idx]
+            idx = (
+                slice(start, start + self.batch_size)
+                if order is None
+                else order[start : start + self.batch_size]
+            )
+            x, y = self.images[idx], self.labels[idx]
             yield (self.transform(x, generator) if self.transform is not None else x), y
 
 
 class EpochSamples(Sampler[tuple[int, int]]):
-    """Each epoch, an order and one augmentation seed per image, all drawn from (seed, epoch): a resumed run
-    sees the order and the crops it would have seen. The order is shuffled (`epoch_order`; a class-balanced
-    draw when `balanced`, data.balance=sampler) or, with `shuffle=False`, dataset order.
-
-    DataLoader workers cannot do this themselves: they are seeded once when they start (and persist
-    across epochs), so a resumed run's workers would start from a different state than the uninterrupted
-    run's had reached by then.
-    """
+    """Each epoch, an order (`epoch_order`, or dataset order) and one augmentation seed per image, drawn from
+    (seed, epoch). DataLoader workers cannot do this themselves: seeded once when they start, a resumed run's
+    workers would not be in the state the uninterrupted run's had reached."""
 
     def __init__(
         self,
@@ -124,12 +104,9 @@ class EpochSamples(Sampler[tuple[int, int]]):
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader whose epoch starts at its first batch, not at `iter()`.
-
-    Worker processes prefetch the sampler's indices as soon as an iterator exists, and Lightning creates
-    the first one while it restores a checkpoint, before the resumed epoch is known: that epoch would get
-    epoch 0's order and crops. Deferred, the sampler reads the epoch when the epoch's first batch is due.
-    """
+    """A DataLoader whose epoch starts at its first batch, not at `iter()`: workers prefetch indices as soon
+    as an iterator exists, and Lightning creates one while restoring a checkpoint, before the resumed epoch
+    is known, which would then get epoch 0's order and crops."""
 
     def __iter__(self) -> Iterator:
         # A generator: nothing in its body, super().__iter__() included, runs before the first batch is asked.

@@ -1,16 +1,12 @@
 """How a split's images reach the network: one object per way of feeding batches.
 
-  StreamingPipeline  a DataLoader opens, decodes and transforms every image on the CPU, every epoch: any
-                     dataset size, the CPU sets the pace (two workers feed a ResNet-18 ~800 images/s)
-  MemoryPipeline     every image decoded once into uint8 (kept on disk between runs), held on the trainer's
-                     device; each batch is cropped, flipped and normalised there, with no Python loop over
-                     samples (decode.py, augment.py)
-  FeaturePipeline    (features.py) wraps either one for strategy=freeze: the frozen trunk's features
-                     instead of images
+  StreamingPipeline  a DataLoader decodes and transforms every image on the CPU, every epoch: any size
+  MemoryPipeline     every image decoded once into uint8 (cached on disk), held on the trainer's device,
+                     each batch augmented there (decode.py, augment.py)
+  FeaturePipeline    (features.py) wraps either for strategy=freeze: the frozen trunk's features
 
-Each pipeline `load`s the splits, finding unreadable images in the same pass that reads them and leaving
-them out, and hands out loaders whose batches are ready for the network: nothing downstream, the
-LightningModule included, needs to know which pipeline made them.
+Each `load`s the splits, leaving out the unreadable images it finds, and hands out loaders whose batches
+are ready for the network: nothing downstream needs to know which pipeline made them.
 """
 
 from __future__ import annotations
@@ -64,9 +60,8 @@ def drop_items(data: SourceData, bad: dict[str, str]) -> None:
 
 # ----------------------------------------------------------------------------------------------- streaming
 class ImageListDataset(Dataset):
-    """Images of one split through a transform. An index may come with a seed, `(index, seed)`
-    (EpochSamples): the random transform then draws from that seed alone, in whichever worker process and
-    whatever came before it, so a resumed epoch sees the crops the uninterrupted run saw."""
+    """Images of one split through a transform. An `(index, seed)` (EpochSamples) makes the transform draw
+    from that seed alone, in whichever worker, so a resumed epoch sees the uninterrupted run's crops."""
 
     def __init__(self, split: LabelledItems, read: Callable, transform: Callable):
         self.split, self.read, self.transform = split, read, transform
@@ -268,13 +263,7 @@ class MemoryPipeline:
     ) -> InMemoryLoader:
         images, labels = self.on_device(split, device)
         transform = self.augment if split == "train" else self.preprocess
+        balanced = split == "train" and self.settings.balanced_sampler
         return InMemoryLoader(
-            images,
-            labels,
-            batch_size,
-            shuffle,
-            transform=transform,
-            seed=self.settings.seed,
-            epoch_of=epoch_of,
-            balanced=split == "train" and self.settings.balanced_sampler,
+            images, labels, batch_size, shuffle, transform, self.settings.seed, epoch_of, balanced
         )

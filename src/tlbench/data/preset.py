@@ -1,9 +1,8 @@
 """The preset: how a backbone's pretrained weights want their images, and the transforms that make them so.
 
 A `Preset` is read once from the weights' metadata (models/backbones.get_preset) and is the only source of
-mean/std, sizes and interpolation for every place an image is prepared: the streaming and in-memory
-pipelines, prediction, the export metadata, and the figures that undo the normalisation. Only torch and
-torchvision here, so serving a checkpoint imports this without the data pipelines or timm.
+mean/std, sizes and interpolation wherever an image is prepared. Only torch and torchvision here, so
+serving a checkpoint imports this without the data pipelines or timm.
 """
 
 from __future__ import annotations
@@ -59,9 +58,8 @@ def interpolation_mode(name: str) -> InterpolationMode:
 
 
 def resize_center_crop(resize_size: int, crop_size: int, interpolation: str = "bilinear") -> T.Compose:
-    """Resize the shorter side to `resize_size`, then centre-crop `crop_size`: the eval geometry, the same
-    code for a PIL image (streaming, prediction, decode-once) and a uint8 batch on a device (in-memory).
-    On tensors, bilinear matches PIL to ±1 grey level; bicubic uses a = -0.75 where PIL uses -0.5."""
+    """The eval geometry, for a PIL image and a uint8 batch on a device alike. On tensors, bilinear matches
+    PIL to ±1 grey level; bicubic uses a = -0.75 where PIL uses -0.5."""
     resize = T.Resize(resize_size, interpolation=interpolation_mode(interpolation), antialias=True)
     return T.Compose([resize, T.CenterCrop(crop_size)])
 
@@ -81,8 +79,7 @@ def eval_transform(preset: Preset) -> T.Compose:
 
 
 def augment_policy(name: str) -> T.Transform | None:
-    """data.augment → the torchvision policy (None for crop_flip). Works on RGB and grayscale (L) images and
-    on uint8 tensors of 1 or 3 channels: colour operations leave a single channel as it is."""
+    """data.augment → the torchvision policy (None for crop_flip); colour operations skip 1 channel."""
     make = AUGMENT_POLICIES[name]
     return make() if make is not None else None
 
@@ -93,11 +90,9 @@ def train_transform(
     hflip: bool = True,
     augment: str = "crop_flip",
 ) -> T.Compose:
+    interpolation = interpolation_mode(preset.interpolation)
     crop = T.RandomResizedCrop(
-        preset.crop_size,
-        scale=tuple(crop_scale),
-        interpolation=interpolation_mode(preset.interpolation),
-        antialias=True,
+        preset.crop_size, scale=tuple(crop_scale), interpolation=interpolation, antialias=True
     )
     flip = [T.RandomHorizontalFlip()] if hflip else []
     policy = augment_policy(augment)

@@ -1,9 +1,7 @@
 """Where images come from: a folder of class folders, or a torchvision dataset (CIFAR-10, Fashion-MNIST).
 
-Each source gives the class names, labelled items per split (train / val / test: file paths, or indices into
-an in-memory array) and a reader that turns an item into a PIL image in the network's mode. Choosing which
-items a run uses (k folds, per-class subsets) and dropping unreadable files happen here too, before any
-training.
+Each gives the class names, labelled items per split and a reader from item to PIL image; which items a run
+uses (k folds, per-class subsets, unreadable files dropped) is chosen here too, before any training.
 """
 
 from __future__ import annotations
@@ -229,8 +227,7 @@ class ReadArray:
     """Reader for datasets torchvision keeps in memory as uint8 arrays (CIFAR-10, Fashion-MNIST)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], in_chans: int):
-        self.arrays = arrays
-        self.in_chans = in_chans
+        self.arrays, self.in_chans = arrays, in_chans
 
     def __call__(self, item: tuple[str, int]) -> Image.Image:
         split, index = item
@@ -328,11 +325,8 @@ def per_class_subset(split: LabelledItems, per_class: int, seed: int) -> list[in
     """Seeded: exactly `per_class` indices of each class (or all a class has), sorted."""
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
-    chosen = []
-    for label in np.unique(targets):
-        members = np.flatnonzero(targets == label)
-        chosen += rng.permutation(members)[:per_class].tolist()
-    return sorted(chosen)
+    chosen = [rng.permutation(np.flatnonzero(targets == label))[:per_class] for label in np.unique(targets)]
+    return sorted(np.concatenate(chosen).tolist())
 
 
 def find_bad_files(paths: Sequence[str], workers: int) -> dict[str, str]:
