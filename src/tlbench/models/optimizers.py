@@ -20,22 +20,21 @@ def parameter_groups(
     include: Sequence[str],
     extra: Sequence[str] = (),
 ) -> list[dict]:
-    """One optimizer group per (stage, decays?) for the stages in `include`.
-
-    Norm weights and biases (1-D tensors) get no weight decay: shrinking a scale or a shift towards 0 is
-    not regularisation. Each group carries its stage name so logs and callbacks can find it.
-    """
+    """One optimizer group per (stage, decays?) for the stages in `include`, named by its stage. 1-D tensors
+    (norm weights, biases) get no weight decay: shrinking a scale or shift towards 0 is not regularisation."""
     groups: dict[tuple[str, bool], dict] = {}
     for name, param in net.named_parameters():
         stage = stage_of(name, stages)
         if stage not in include and not any(in_prefix(name, p) for p in extra):
             continue
         decays = param.ndim > 1
-        decay = weight_decay if decays else 0.0
-        group = groups.setdefault(
-            (stage, decays), {"lr": rates[stage], "weight_decay": decay, "stage": stage}
-        )
-        group.setdefault("params", []).append(param)
+        group = {
+            "lr": rates[stage],
+            "weight_decay": weight_decay if decays else 0.0,
+            "stage": stage,
+            "params": [],
+        }
+        groups.setdefault((stage, decays), group)["params"].append(param)
     return list(groups.values())
 
 

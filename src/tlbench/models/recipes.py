@@ -1,11 +1,9 @@
 """Recipe pieces that are one config value each, built from Lightning's and torchvision's own parts:
 
-  optim.mixup / optim.cutmix     blend pairs of training images and their labels (v2.MixUp / v2.CutMix)
-  optim.ema                      evaluate and checkpoint an exponential moving average of the weights
-  trainer.early_stopping_patience  stop when the monitored validation metric stops improving
+optim.mixup / optim.cutmix     blend pairs of training images and their labels (v2.MixUp / v2.CutMix)
+optim.ema                      evaluate and checkpoint an exponential moving average of the weights
+trainer.early_stopping_patience  stop when the monitored validation metric stops improving
 
-(The augmentation policy, data.augment, lives with the other transforms in data/preset.py; the LR finder in
-tune.py.) Each value is checked where it is read, and a wrong one is named with what to write instead.
 """
 
 from __future__ import annotations
@@ -24,11 +22,8 @@ class RecipeError(ValueError):
 
 # ------------------------------------------------------------------------------------------- mixup / cutmix
 def batch_mixing(mixup: Any, cutmix: Any, num_classes: int) -> T.Transform | None:
-    """The transform that mixes a training batch, or None when both alphas are 0.
-
-    Each alpha is the Beta(alpha, alpha) concentration of the mixing weight, as in timm (0.2 and 1.0 are
-    common). With both set, each batch is mixed by one of the two, chosen at random (timm's default).
-    """
+    """The transform that mixes a training batch (None when both Beta alphas are 0); with both set, each
+    batch is mixed by one of the two at random, as in timm."""
     mixers = []
     if mixup > 0:
         mixers.append(T.MixUp(alpha=float(mixup), num_classes=num_classes))
@@ -43,11 +38,9 @@ def batch_mixing(mixup: Any, cutmix: Any, num_classes: int) -> T.Transform | Non
 class EvaluatedEMA(EMAWeightAveraging):
     """Lightning's EMA callback, with the average as *the* model everywhere it is evaluated.
 
-    Lightning already swaps the average in for validation (so `trainer.monitor` picks the best average),
-    writes it as a checkpoint's `state_dict` (the live weights go to `current_model_state`) and restores
-    both when a fit resumes. But its `on_load_checkpoint` puts the live weights back whenever it holds an
-    average, also when `trainer.test(ckpt_path=best)` loads a checkpoint after fit: here that happens only
-    while fitting, so testing and `predict` see the average.
+    Lightning validates and checkpoints the average, but its `on_load_checkpoint` puts the live weights back
+    also when `trainer.test(ckpt_path=best)` loads a checkpoint after fit: here only while fitting, so testing
+    and `predict` see the average.
     """
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

@@ -40,12 +40,8 @@ def is_frozen(module: nn.Module) -> bool | None:
 
 
 def set_batchnorm_modes(net: nn.Module, policy: str) -> None:
-    """Training-time BatchNorm modes: a trainable BatchNorm follows the batch (train mode), whichever
-    strategy made it trainable; a frozen one keeps its running statistics (eval) under policy `eval`.
-
-    Setting both directions matters when the trainable set changes mid-run: a stage that gradual
-    unfreezing (or lpft's switch) makes trainable must leave the eval mode it had while frozen.
-    """
+    """Trainable BatchNorm in train mode; frozen BatchNorm in eval under policy `eval`. Both directions: a
+    stage unfrozen mid-run must leave the eval mode it had while frozen."""
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             frozen = is_frozen(module)
@@ -60,16 +56,10 @@ def count_parameters(net: nn.Module) -> tuple[int, int]:
 
 
 class TrainableStageSchedule(L.Callback):
-    """Before every epoch trains, the module trains the stages its strategy names for that epoch
-    (gradual: one more stage from the top every `unfreeze_every` epochs; lpft: all after `lp_epochs`).
-
-    Every epoch, not only where the schedule changes, and once more when training (re)starts: a run
-    resumed from a checkpoint is built with epoch 0's stages, whatever epoch it stopped in, and Lightning
-    does not call `on_train_epoch_start` for an epoch it resumes in the middle of.
-    The optimizer groups of every stage exist from the start with their own learning rates (so the
-    scheduler shapes them like every other group, and a checkpoint's optimizer state always fits); while
-    a stage is frozen its parameters have no gradient and the optimizer skips them, so unfreezing is
-    exactly "adding it to the optimizer" at that epoch.
+    """Before every epoch, and when training (re)starts, the module trains the stages its strategy names for
+    that epoch: a resumed run is built with epoch 0's stages, and Lightning skips `on_train_epoch_start` for
+    an epoch it resumes mid-way. Every stage's optimizer group exists from the start (a checkpoint's optimizer
+    state always fits); a frozen stage has no gradient, so the optimizer skips it.
     """
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:

@@ -1,17 +1,12 @@
 """The training step's forward and backward as CUDA graphs (optim.cuda_graph; off by default).
 
-At batch 64 an eager step of a ResNet-18 spends longer launching kernels from Python than the GPU spends
-running them (benchmarks/RESULTS.md: 0.40 of the compute ceiling eager, 0.78 replayed as a graph). Here the
-network's forward and backward are captured once per batch shape with torch's maintained
-`torch.cuda.make_graphed_callables` and replayed; the loss, Lightning's optimizer step (fused AdamW: a few
-kernels for all parameters), checkpoints, schedulers and logging stay Lightning's automatic optimisation,
-so a graphed run is every other run with faster steps.
+At batch 64 an eager ResNet-18 step spends longer launching kernels than running them (benchmarks/RESULTS.md:
+0.40 of the compute ceiling eager, 0.78 as a graph). Forward and backward are captured once per batch shape
+(`torch.cuda.make_graphed_callables`) and replayed; the optimizer step and all else stay Lightning's. Eager
+is the default until `make gpu-check` (docs/GPU.md) shows a replay gives eager's gradients, faster.
 
-Eager is the default until `make gpu-check` (docs/GPU.md) shows on a GPU that a replayed step gives the
-eager step's gradients and fit, and is faster.
-
-A graph is valid for one batch shape, one set of trainable parameters and one train/eval state: the epoch's
-last, smaller batch runs eagerly, and gradual unfreezing drops the graphs (`reset`) to capture anew.
+A graph holds for one batch shape, trainable set and train/eval state: the last, smaller batch runs eagerly,
+and gradual unfreezing drops the graphs (`reset`).
 """
 
 from __future__ import annotations
@@ -65,10 +60,9 @@ class GraphedForwardBackward:
     results.json and the report."""
 
     def __init__(self, net: nn.Module):
-        self.net = net
+        self.net, self.captures = net, 0
         self.key: tuple | None = None
         self.graphed: nn.Module | None = None
-        self.captures = 0
         self.error: str | None = None
 
     def reset(self) -> None:
@@ -93,9 +87,8 @@ class GraphedForwardBackward:
             return self.graphed(x)
 
     def capture(self, x: torch.Tensor, key: tuple) -> None:
-        # The capture's warm-up passes run the network in train mode: without this, every (re)capture would
-        # move BatchNorm's running statistics three extra times on one batch. Restored in place, so the
-        # graph keeps pointing at the same buffers.
+        # The capture's warm-up passes would move BatchNorm's running statistics three extra times: restore
+        # them in place, so the graph keeps pointing at the same buffers.
         buffers = [(b, b.clone()) for b in self.net.buffers()]
         try:
             self.graphed = torch.cuda.make_graphed_callables(

@@ -1,9 +1,7 @@
 """Transfer strategies: which stages of a backbone train each epoch, how fast, and what frozen BatchNorm does.
 
-A strategy is one `Strategy` value, built once from its config (`Strategy.from_config`); the module, its
-callback and the report read it, and no other code branches on a strategy's name. Everything speaks in the
-backbone's stage names (stem → … → head), so no strategy special-cases an architecture. What tells the
-strategies apart is one row each of `STRATEGIES`: its schedule, from the config keys it reads.
+A strategy is one `Strategy` value (`Strategy.from_config`), in the backbone's stage names (stem → … → head);
+no other code branches on a strategy's name. Each is one row of `STRATEGIES`: its schedule, from its config.
 
   freeze   a linear probe for good: the head only             (feature extraction)
   partial  the last K stages + head, or a named list such as [layer3, layer4]
@@ -11,9 +9,8 @@ strategies apart is one row each of `STRATEGIES`: its schedule, from the config 
   lpft     a linear probe for `lp_epochs` epochs, then every stage (Kumar et al., 2022)
   full     every stage
 
-Which stages train is a function of the epoch alone (`Strategy.stages_at`), so a run resumed at any epoch
-trains what the uninterrupted run trained. A new strategy is a new row, plus a field here if it needs one.
-This module imports no torch: the report reads the table too.
+Which stages train is a function of the epoch alone (`Strategy.stages_at`), so a resumed run trains what
+the uninterrupted run trained. No torch here: the report reads the table too.
 """
 
 from __future__ import annotations
@@ -38,8 +35,7 @@ class StrategyError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """One strategy: its schedule fields of `Strategy` from its config, and the config keys that must not be
-    null for it (the schema requires them where this strategy is chosen)."""
+    """One strategy: its `Strategy` schedule fields from its config, and the keys that must not be null."""
 
     schedule: Callable[[Mapping], dict]
     required_keys: tuple[str, ...] = ()
@@ -65,8 +61,8 @@ def _conf_file(group: str, name: str) -> dict:
 
 
 def with_conf_defaults(group: str, values: Mapping) -> dict:
-    """`values` over what `group=<values.name>` composes to (conf/<group>/<name>.yaml): a module built from
-    Python, or from a checkpoint's partial hyper-parameters, gets those for every key it was not given."""
+    """`values` over conf/<group>/<values.name>.yaml, for a module built from Python or from a checkpoint's
+    partial hyper-parameters."""
     defaults = _conf_file(group, values["name"])
     unknown = sorted(set(values) - set(defaults))
     if unknown:
@@ -117,9 +113,7 @@ class Strategy:
         return self.unfreeze_every is not None or 0 < self.probe_epochs < FOREVER
 
     def stages_at(self, backbone: Sequence[str], epoch: int) -> list[str]:
-        """The stages that train during `epoch` (0-based), head included, given the backbone's stage names
-        (stem to top): a function of the epoch alone, so a resumed run recomputes what the uninterrupted run
-        had at that epoch."""
+        """The stages that train during `epoch` (0-based), head included; `backbone`: stem to top."""
         if epoch < self.probe_epochs:
             return [HEAD]
         trained = self.start_stages(backbone)
@@ -147,8 +141,7 @@ class Strategy:
         return [stage for stage in backbone if stage in self.start]
 
     def trains_input_conv(self, stages: Sequence[str]) -> bool:
-        """An input conv adapted to 1 channel is new to the network, so it trains unless told not to — but
-        not in a linear probe (freeze, lpft's first epochs), where only the head trains."""
+        """An input conv adapted to 1 channel is new: it trains unless told not to, or in a linear probe."""
         return self.train_input_conv and not (self.probe_epochs > 0 and list(stages) == [HEAD])
 
     def stage_rates(self, backbone: Sequence[str]) -> dict[str, float]:
@@ -158,9 +151,8 @@ class Strategy:
         return {**rates, HEAD: self.head_lr}
 
     def caches_features(self, mixes_images: bool) -> bool:
-        """Cached features equal end-to-end training only when the whole trunk is a fixed function (a probe
-        for good, with bn=eval) and the training images are not blended (mixup / cutmix): `auto` caches
-        exactly then; `true` elsewhere is refused with the reason."""
+        """Cached features equal end-to-end training only for a fixed trunk (freeze, bn=eval) and unblended
+        images: `auto` caches exactly then; `true` elsewhere is refused with the reason."""
         fixed_trunk = self.probe_epochs == FOREVER and self.bn == "eval"
         if self.cache_features is True and not fixed_trunk:
             raise StrategyError(
