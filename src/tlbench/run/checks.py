@@ -1,8 +1,5 @@
 """The whole config, checked once before anything runs (or is removed): one line naming the key and the fix.
-
-`check_config` turns the composed config into the typed `RunConfig` (schema.py: each key's type, choices and
-range), then checks what one key alone cannot say: values that depend on each other, the files they name,
-and the backbone's name and weights tag (from metadata: no image is read, no network built, no download).
+Beyond the schema: values that depend on each other, the files they name, the backbone's name and weights.
 """
 
 from __future__ import annotations
@@ -57,8 +54,7 @@ def check_config(cfg: DictConfig) -> RunConfig:
 
 
 def check_against_data(run: RunConfig, num_classes: int) -> None:
-    """The values that depend on how many classes the data has: checked as soon as the classes are known,
-    before a network is built."""
+    """The values that depend on how many classes the data has, checked before a network is built."""
     positive = run.data.positive_class
     if not positive < num_classes:
         raise ConfigError(

@@ -20,11 +20,8 @@ PROC_STATUS = Path("/proc/self/status")
 
 
 class RunCost(L.Callback):
-    """Train images per second and peak memory of a fit.
-
-    Train time is the fit's wall time less validation: loading batches and anything the data side does to
-    make them (decoding, embedding features for cached freeze training) counts, validating does not.
-    """
+    """Train images per second and peak memory of a fit. Train time is the fit's wall time less validation:
+    loading, decoding and embedding batches counts."""
 
     def __init__(self) -> None:
         self.train_images = 0
@@ -32,8 +29,7 @@ class RunCost(L.Callback):
         self.since: float | None = None
 
     def clock(self, trainer: L.Trainer) -> float:
-        """The time once the device's queued work is done: CUDA kernels run after the call that launched
-        them returns, so without the wait a clock read times the launches, not the work."""
+        """The time once the device's queued work is done (else a clock read times the CUDA launches)."""
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize(trainer.strategy.root_device)
         return time.perf_counter()
@@ -70,9 +66,8 @@ class RunCost(L.Callback):
 
 
 def reset_cpu_peak() -> None:
-    """Start the process's peak-RSS count afresh: runs of a sweep share one process, and each run should
-    report its own peak, not the largest of all the runs before it (Linux; elsewhere a no-op). Memory the
-    allocator kept for reuse (runtime.py) goes back to the kernel first, or it would count again."""
+    """Start the process's peak-RSS count afresh (Linux), since the runs of a sweep share one process; memory
+    the allocator kept (runtime.py) goes back to the kernel first, or it would count again."""
     release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")

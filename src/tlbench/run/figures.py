@@ -1,9 +1,5 @@
-"""What a run's model sees and gets wrong, as figures: the test confusion matrix, the most confidently wrong
-test images, and a batch of training images as the network receives them (augmented, then de-normalised).
-
-Each figure is a PNG in `<run>/figures/` and an image in TensorBoard. The drawing functions take plain
-tensors, class names and the preset's mean/std; `RunFigureRecorder` (a Lightning callback) collects those
-tensors while a run trains and tests, and `write_run_figures` draws and writes them all.
+"""What a run's model sees and gets wrong, as PNGs in `<run>/figures/` and TensorBoard images: the test
+confusion matrix, the most confidently wrong test images, and a training batch as the network receives it.
 """
 
 from __future__ import annotations
@@ -19,16 +15,6 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from tlbench.data.preset import denormalize
-
-__all__ = [
-    "RunFigureRecorder",
-    "confusion_matrix_figure",
-    "image_grid_figure",
-    "log_images",
-    "most_confidently_wrong",
-    "render",
-    "write_run_figures",
-]
 
 FIGURES_DIR = "figures"
 # Counts stay readable inside the cells up to about this many classes.
@@ -108,8 +94,7 @@ def render(fig: Figure) -> np.ndarray:
 
 
 def log_images(logger, images: dict[str, np.ndarray], step: int = 0) -> None:
-    """Add (H, W, 3) uint8 images to a TensorBoard logger (Lightning's or a SummaryWriter); any other
-    logger, or none, is left alone."""
+    """Add (H, W, 3) uint8 images to a TensorBoard logger or SummaryWriter; any other logger is left alone."""
     writer = getattr(logger, "experiment", logger)
     if not hasattr(writer, "add_image"):
         return
@@ -134,18 +119,12 @@ def write_run_figures(
     max_images: int = 16,
     step: int = 0,
 ) -> dict[str, Path]:
-    """Draw a run's figures into `<run_dir>/figures/*.png` and, with a TensorBoard logger, as images
-    `figures/<name>` at `step`. Returns {name: PNG path} for what was drawn.
+    """Draw a run's figures into `<run_dir>/figures/*.png` (and TensorBoard); returns {name: PNG path}.
 
-    - `test_probs` (N, num_classes) softmax outputs and `test_labels` (N,) true classes: every test image;
-      they give `confusion_matrix.png`.
-    - `test_images`: normalised (M, C, H, W) test images as the network took them, for the rows
-      `test_image_rows` (M,) of `test_probs` (default: rows 0..M-1, i.e. every test image). Only the rows
-      of the `max_images` most confidently wrong predictions are drawn, so passing just those is enough
-      (what `RunFigureRecorder` keeps); they give `confidently_wrong.png` (true and predicted labels).
-    - `train_images` (B, C, H, W): a training batch after augmentation and normalisation, with optional
-      `train_labels` (B,); they give `train_batch.png`, de-normalised with the preset's `mean`/`std`.
-    - `logger`: a Lightning `TensorBoardLogger`, a `SummaryWriter`, or anything else / None (PNGs only).
+    `test_probs` (N, classes) and `test_labels` (N,) of every test image give the confusion matrix;
+    `test_images` (M, C, H, W) are the rows `test_image_rows` of them (default 0..M-1): only the
+    `max_images` most confidently wrong are drawn, so passing those is enough. `train_images` (B, C, H, W)
+    and optional `train_labels` give the training batch, de-normalised with `mean`/`std`.
     """
     folder = Path(run_dir) / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,11 +134,8 @@ def write_run_figures(
     if test_images is not None:
         rows = torch.arange(len(test_images)) if test_image_rows is None else test_image_rows.cpu()
         position = {int(row): index for index, row in enumerate(rows)}
-        wrong = [
-            int(row)
-            for row in most_confidently_wrong(test_probs, test_labels, max_images)
-            if int(row) in position
-        ]
+        ranked = most_confidently_wrong(test_probs, test_labels, max_images).tolist()
+        wrong = [row for row in ranked if row in position]
         if wrong:
             titles = [
                 f"true {class_names[test_labels[row]]}\n"
@@ -179,20 +155,17 @@ def write_run_figures(
         )
 
     pixels = {name: render(fig) for name, fig in figures.items()}
-    paths = {}
+    paths = {name: folder / f"{name}.png" for name in pixels}
     for name, image in pixels.items():
-        paths[name] = folder / f"{name}.png"
         Image.fromarray(image).save(paths[name])
     log_images(logger, {f"{FIGURES_DIR}/{name}": image for name, image in pixels.items()}, step)
     return paths
 
 
 class RunFigureRecorder(L.Callback):
-    """Collects what `write_run_figures` draws while a run trains and tests: the first training batch as
-    the network received it, every test prediction, and the images of the `max_images` most confidently
-    wrong ones (only those are kept, so a large test set costs no memory). Reads the module's `net` inputs
-    and outputs through a forward hook, so it sees exactly what the network saw (GPU augmentation too).
-    Under DDP each rank records its own share of the test set."""
+    """Collects what `write_run_figures` draws: the first training batch, every test prediction, and only
+    the images of the `max_images` most confidently wrong (so a large test set costs no memory). A forward
+    hook on `net` sees exactly what the network saw. Under DDP each rank records its own share."""
 
     def __init__(self, max_images: int = 16) -> None:
         self.max_images = max_images
@@ -243,11 +216,8 @@ class RunFigureRecorder(L.Callback):
         rows = torch.cat([self._wrong_rows, wrong + offset])
         confidence = torch.cat([self._wrong_confidence, probs[wrong].max(dim=1).values])
         keep = confidence.argsort(descending=True)[: self.max_images]
-        self._wrong_images, self._wrong_rows, self._wrong_confidence = (
-            candidates[keep],
-            rows[keep],
-            confidence[keep],
-        )
+        self._wrong_images = candidates[keep]
+        self._wrong_rows, self._wrong_confidence = rows[keep], confidence[keep]
 
     def on_test_end(self, trainer, pl_module) -> None:
         if self._hook is not None:

@@ -1,8 +1,5 @@
-"""A run folder's life beyond one training: who is running it now (a claim), what it was started with
-(run_config.json), where force=true puts the previous outputs (moved aside, never deleted), whether it
-can be written at all, and what a signal leaves behind (last.ckpt, interrupted.txt, exit status 128+N).
-
-Light on purpose (no torch, no Lightning at import): the report reads claims and records with it.
+"""A run folder's life beyond one training: its claim, run_config.json, force=true's moving aside, whether
+it can be written, and what a signal leaves behind. No torch or Lightning at import: the report uses it.
 """
 
 from __future__ import annotations
@@ -27,25 +24,16 @@ from tlbench.results.files import CLAIM_FILE, INTERRUPTED_FILE, RESULTS_FILE, cl
 RUN_CONFIG_FILE = "run_config.json"
 REPLACED_DIR = "replaced"
 CHECKPOINT_DIR = "checkpoints"
-# Left in place by force=true: Hydra's own files for this launch (its log is already open), the claim this
-# process holds, and the earlier runs already moved aside.
+# Left in place by force=true: Hydra's files (its log is open), this process's claim, earlier runs.
 KEPT_ON_REPLACE = (".hydra", CLAIM_FILE, REPLACED_DIR)
 # Keys of train.yaml's override_dirname.exclude_keys: how a run is executed, not what it computes. Used
 # when Hydra's own list is not at hand (tlbench.run.train.run from a notebook).
 EXECUTION_ONLY_KEYS = (
-    "force",
-    "sweep",
-    "data.num_workers",
-    "data.cache_dir",
-    "data.memory_max_gb",
-    "data.pipeline",
-    "optim.cuda_graph",
-    "trainer.enable_progress_bar",
-)
-# What a run's `auto` settings resolved to where it started, kept in run_config.json under RESOLVED_KEY:
-# they change what it computes (the memory pipeline crops and shuffles on the device, the streaming one in
-# loader workers; precision and graph replay change the arithmetic), so a resume resolving them otherwise
-# would continue a different run. Each with the setting that pins it.
+    "force", "sweep", "data.num_workers", "data.cache_dir", "data.memory_max_gb", "data.pipeline",
+    "optim.cuda_graph", "trainer.enable_progress_bar",
+)  # fmt: skip
+# What a run's `auto` settings resolved to where it started (run_config.json): they change what it computes,
+# so a resume resolving them otherwise would continue a different run. Each with the setting that pins it.
 RESOLVED_KEY = "resolved"
 RESOLVED_SETTINGS = {
     "pipeline": "data.pipeline",
@@ -63,8 +51,7 @@ class RunClaimed(RunFolderError):
 
 
 class RunInterrupted(BaseException):
-    """A signal asked the run to stop. A BaseException, like KeyboardInterrupt: the `except Exception` that
-    keeps a sweep going after a failed job must not swallow a request to stop the whole process."""
+    """A signal stops the run; a BaseException, so a sweep's `except Exception` does not swallow it."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
@@ -77,11 +64,8 @@ def exit_status(signum: int) -> int:
 
 
 # --- claims: one live process per run folder ------------------------------------------------------------
-
-
-# Lock handles this process holds. A forked child (a DataLoader worker) inherits their descriptors, and
-# an flock lasts until every copy is closed: without closing them in the child, a run killed with SIGKILL
-# would stay "claimed" until its workers noticed and exited, and an immediate re-run would be refused.
+# Lock handles this process holds. A forked child (a DataLoader worker) inherits them, and an flock lasts
+# until every copy is closed: a run killed with SIGKILL would stay claimed until its workers exited.
 _HELD_LOCKS: set[IO] = set()
 _FORK_HOOK: list[bool] = []
 
@@ -94,9 +78,8 @@ def _close_inherited_locks() -> None:
 
 
 def try_lock(path: Path, mode: str = "a") -> IO | None:
-    """An open handle holding an exclusive flock on `path`, or None when another process holds it. The
-    lock lasts until the handle is closed or this process ends (run-folder claims, GPU claims); forked
-    children do not keep it."""
+    """An open handle holding an exclusive flock on `path` until closed or this process ends (forked
+    children do not keep it), or None when another process holds it."""
     import fcntl  # POSIX only
 
     handle = path.open(mode)
@@ -113,10 +96,8 @@ def try_lock(path: Path, mode: str = "a") -> IO | None:
 
 
 def claim_run(run_dir: str | Path) -> IO | None:
-    """Take the run folder for this process: an exclusive flock on <run_dir>/claim.lock, held until the
-    handle is closed. The operating system drops it when the process ends however it ends, so a crashed
-    holder never leaves a stale claim (on a local disk; NFS locks depend on the server). Returns None
-    when another process holds it."""
+    """An flock on <run_dir>/claim.lock (None when another process holds it): the OS drops it however the
+    process ends, so a crashed holder leaves no stale claim (on a local disk; NFS depends on the server)."""
     path = Path(run_dir) / CLAIM_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = try_lock(path, "a+")
@@ -148,8 +129,6 @@ def claimed(run_dir: str | Path) -> Iterator[None]:
 
 
 # --- the settings a run was started with ---------------------------------------------------------------
-
-
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} → {"a.b": 1}: one entry per setting, named as on the command line."""
     flat: dict[str, Any] = {}
@@ -172,9 +151,8 @@ def result_settings(config: Mapping[str, Any], ignored: Iterable[str]) -> dict[s
 
 
 def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any], ignored: Iterable[str]) -> list[str]:
-    """Each setting both configs have that differs, as `key: old → new`. A key only one side has is a
-    setting a tlbench upgrade added or removed, not a change the user asked for: counting it would make
-    every finished run folder of an older version unusable."""
+    """Each setting both configs have that differs, as `key: old → new`. A key only one side has came with
+    a tlbench upgrade, not from the user: counting it would refuse every run folder of an older version."""
     before, after = result_settings(old, ignored), result_settings(new, ignored)
     return [
         f"{key}: {before[key]} → {after[key]}"
@@ -191,8 +169,7 @@ def read_json(path: Path) -> Any:
 
 
 def saved_config(run_dir: str | Path) -> dict | None:
-    """What the run in this folder was started with: run_config.json, else the config a finished run of an
-    older tlbench kept in results.json; None when neither says."""
+    """What the run in this folder was started with: run_config.json, else (older tlbench) results.json's."""
     for name, key in ((RUN_CONFIG_FILE, None), (RESULTS_FILE, "config")):
         loaded = read_json(Path(run_dir) / name)
         config = loaded.get(key) if key and isinstance(loaded, dict) else loaded
@@ -204,8 +181,7 @@ def saved_config(run_dir: str | Path) -> dict | None:
 
 
 def save_config(run_dir: str | Path, config: Mapping[str, Any]) -> Path:
-    """Keep the resolved config in the run folder as the run starts (atomically), so a later command on the
-    same folder can tell whether it asks for the same run; what `auto` resolved to before stays."""
+    """run_config.json (keeping what `auto` resolved to): a later command compares its settings with it."""
     path = Path(run_dir) / RUN_CONFIG_FILE
     old = read_json(path)
     kept = {RESOLVED_KEY: old[RESOLVED_KEY]} if isinstance(old, dict) and RESOLVED_KEY in old else {}
@@ -213,8 +189,7 @@ def save_config(run_dir: str | Path, config: Mapping[str, Any]) -> Path:
 
 
 def keep_resolved(run_dir: str | Path, resolved: Mapping[str, Any], resuming: bool) -> None:
-    """Store what this run's `auto` settings resolved to (RESOLVED_SETTINGS) in run_config.json; when it
-    resumes a checkpoint whose run resolved them otherwise, RunFolderError naming each difference."""
+    """Store what `auto` resolved to; RunFolderError when resuming a run that resolved it otherwise."""
     path = Path(run_dir) / RUN_CONFIG_FILE
     saved = read_json(path)
     saved = saved if isinstance(saved, dict) else {}
@@ -243,8 +218,7 @@ def has_run_outputs(run_dir: str | Path) -> bool:
 
 
 def refuse_changed_settings(run_dir: str | Path, old: Mapping, new: Mapping, ignored: Iterable[str]) -> None:
-    """RunFolderError naming each changed setting when the folder holds a run started with others:
-    resuming would train with the old settings' checkpoint and report the new ones."""
+    """RunFolderError naming each changed setting: resuming would train the old run and report the new."""
     changes = setting_changes(old, new, ignored)
     if changes:
         raise RunFolderError(
@@ -255,12 +229,9 @@ def refuse_changed_settings(run_dir: str | Path, old: Mapping, new: Mapping, ign
 
 
 # --- force=true: move the previous run aside -----------------------------------------------------------
-
-
 def move_aside(run_dir: str | Path) -> Path | None:
-    """Move what an earlier run left in the folder into <run_dir>/replaced/<time>/, so force=true starts
-    from scratch (with the old last.ckpt in place it would resume from it) without losing a finished
-    result to a mistake. Returns where they went, or None when there was nothing to move."""
+    """Move an earlier run's outputs into <run_dir>/replaced/<time>/ (returned; None if nothing), so
+    force=true starts afresh without losing a finished result to a mistake."""
     run_dir = Path(run_dir)
     old = [p for p in run_dir.iterdir() if p.name not in KEPT_ON_REPLACE and p.suffix != ".log"]
     if not old:
@@ -277,12 +248,9 @@ def move_aside(run_dir: str | Path) -> Path | None:
 
 
 # --- folders that cannot be written ---------------------------------------------------------------------
-
-
 def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
-    """RunFolderError when `folder` could not be created or written: a file in its place (or in its
-    parent's), or a folder without write permission. Checked by writing a file, since permissions alone
-    do not tell (root, ACLs, read-only mounts)."""
+    """RunFolderError when `folder` could not be created or written, checked by writing a file: permissions
+    alone do not tell (root, ACLs, read-only mounts)."""
     folder = Path(folder)
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -303,15 +271,12 @@ def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
 
 
 # --- signals --------------------------------------------------------------------------------------------
-
-
 class SignalGuard:
     """For the life of one run: SIGTERM and SIGINT stop it with RunInterrupted, so main() can record it.
 
-    While Lightning runs fit or test it puts its own SIGTERM handler in front of this one: it sets
-    `trainer.received_sigterm`, and the loops raise SIGTERMException at the next batch boundary, where
-    the weights and the optimizer agree. This guard then only notes the signal and lets Lightning stop
-    there — for Ctrl-C too, which it hands to Lightning as a SIGTERM. A second Ctrl-C stops at once.
+    During fit or test Lightning's SIGTERM handler is in front and stops at the next batch boundary, where
+    weights and optimizer agree: the guard only notes the signal (and hands Ctrl-C on as a SIGTERM). A
+    second Ctrl-C stops at once.
     """
 
     HANDLED = (signal.SIGTERM, signal.SIGINT)
@@ -358,13 +323,10 @@ def record_interrupted(run_dir: str | Path, signum: int) -> Path:
     position = checkpoint_position(last) if last.exists() else None
     name = signal.Signals(signum).name
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    where = "no checkpoint yet: run the same command again to start it"
     if position:
-        where = (
-            f"{last.relative_to(run_dir)} holds epoch {position[0]}, step {position[1]}: "
-            "run the same command again to continue"
-        )
-    else:
-        where = "no checkpoint yet: run the same command again to start it"
+        where = f"{last.relative_to(run_dir)} holds epoch {position[0]}, step {position[1]}: "
+        where += "run the same command again to continue"
     path = run_dir / INTERRUPTED_FILE
     path.write_text(f"interrupted by {name} at {when}; {where}\n")
     return path

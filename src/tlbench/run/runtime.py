@@ -1,12 +1,9 @@
 """Process settings that make CPU training spend its time on compute.
 
-glibc returns every freed block above its mmap threshold (at most 32 MB by default) to the kernel at once, and
-maps fresh zeroed pages for the next one. A training step allocates and frees activation buffers of that
-size every step, so on a CPU the kernel's page faults and zeroing cost as much as the arithmetic: one epoch
-of EfficientNet-Lite0 `partial` at 224 px on 2 cores took 49 s user and 51-56 s system CPU time, at 15-17
-train images/s. Keeping freed memory in the process (the same thing `MALLOC_MMAP_THRESHOLD_` and friends
-do when set before Python starts) brought the same run to 44 images/s with 12 s of system time. The cost
-is memory: the heap keeps its high-water mark, which a training process reaches every step anyway.
+glibc returns every freed block above its mmap threshold (≤ 32 MB) to the kernel and maps fresh zeroed pages
+for the next: with activation buffers of that size freed every step, page faults cost as much as the
+arithmetic (EfficientNet-Lite0 on 2 cores: 15-17 train images/s, 51-56 s system time an epoch). Keeping freed
+memory (as `MALLOC_MMAP_THRESHOLD_` does) gave 44 images/s; the heap keeps its high-water mark.
 """
 
 from __future__ import annotations
@@ -44,8 +41,7 @@ def keep_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Hand the kept free memory back to the kernel, between runs: the next run's peak memory is then its
-    own, not the high-water mark a run before it left in the heap."""
+    """Hand the kept free memory back to the kernel between runs, so the next run's peak is its own."""
     trim = glibc_function("malloc_trim")
     if trim is not None:
         trim(0)

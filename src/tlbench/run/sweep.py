@@ -1,9 +1,6 @@
 """What a sweep needs beyond one run: stable run-folder names, one GPU per parallel job, failures kept in
-their run folder, the report written when the sweep ends (or when a signal stops it), and plain words
-when a plugin is missing.
-
-Importing this module registers two config resolvers and the missing-plugin hints with Hydra, so
-`tlbench.run.train` imports it before `@hydra.main` composes anything:
+their run folder, the report when the sweep ends or a signal stops it, and plain words for a missing plugin.
+`register_with_hydra` (before `@hydra.main` composes) adds the missing-plugin hints and two resolvers:
 
     ${tlbench.dirname:${hydra.job.override_dirname}}   a run folder named from its overrides
     ${tlbench.gpu_count:}                              GPUs on this machine (at least 1): joblib's n_jobs
@@ -48,15 +45,13 @@ PLUGINS = (
     ("hydra/sweeper", "optuna", "hydra_plugins.hydra_optuna_sweeper", "optuna"),
 )
 
-# Held for the life of the process: once CUDA has started, a process cannot move to another GPU, and
-# joblib reuses its worker processes for job after job.
+# For the life of the process: CUDA cannot move GPUs once started, and joblib reuses its workers.
 _pinned_gpu: str | None = None
 _gpu_lock: IO | None = None
 
 
 def job_dirname(override_dirname: str) -> str:
-    """A run folder's name from its overrides (`backbone=resnet18,seed=0,strategy=freeze`), made safe as
-    one path component: `/` in values (data.root=../data) becomes `_`, and a very long name keeps its
+    """A run folder's name from its overrides, as one path component (`/` → `_`); a very long name keeps its
     first part plus a hash of the whole, so different overrides never share a folder."""
     name = override_dirname.replace(os.sep, "_") or "defaults"
     if len(name.encode()) <= MAX_DIRNAME:
@@ -66,38 +61,32 @@ def job_dirname(override_dirname: str) -> str:
 
 
 def gpu_count() -> int:
-    """GPUs this process may use, counted without starting CUDA (torch asks NVML first), so a job can
-    still be pinned afterwards."""
+    """GPUs this process may use, counted without starting CUDA (NVML), so a job can still be pinned."""
     import torch
 
     return torch.cuda.device_count()
 
 
 def record_failure(run_dir: str | Path, error: BaseException) -> Path:
-    """Keep the traceback in the run folder as error.txt (written atomically: a reader never sees half of
-    it), where the report and the next person find it."""
+    """Keep the traceback in the run folder as error.txt, where the report and the next person find it."""
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return write_atomic(Path(run_dir) / ERROR_FILE, text)
 
 
 def clear_failure(run_dir: str | Path) -> None:
-    """Forget how an earlier attempt ended (error.txt, interrupted.txt) before trying again, so a retry
-    that is killed midway shows as missing rather than as the old outcome."""
+    """Forget how an earlier attempt ended, so a retry killed midway shows as missing, not the old outcome."""
     for name in (ERROR_FILE, INTERRUPTED_FILE):
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 def gpu_candidates(job_num: int, n_gpus: int) -> list[int]:
-    """The order in which a job tries the GPUs: its own (job number modulo the count) first, then the
-    next ones, so parallel jobs spread out even when some GPUs are taken."""
+    """The order in which a job tries the GPUs: its own (job number modulo the count) first, then the next."""
     first = job_num % n_gpus
     return [(first + i) % n_gpus for i in range(n_gpus)]
 
 
 def claim_gpu(job_num: int, devices: list[str], lock_dir: Path = GPU_LOCK_DIR) -> tuple[str, IO | None]:
-    """Take the first free GPU among `devices` in `gpu_candidates` order. A GPU is taken while a live
-    process holds the lock on `lock_dir/gpu-<id>.lock`; the operating system drops the lock when that
-    process ends, however it ends. When every GPU is taken, share the job's own one (and say so)."""
+    """The first GPU whose lock no live process holds; when all are taken, the job's own one (shared)."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     order = [devices[i] for i in gpu_candidates(job_num, len(devices))]
     for device in order:
@@ -111,22 +100,19 @@ def claim_gpu(job_num: int, devices: list[str], lock_dir: Path = GPU_LOCK_DIR) -
 
 
 def should_pin(hydra_cfg: DictConfig) -> bool:
-    """Only jobs that run side by side on one machine (the joblib launcher) need a GPU each. Sequential
-    jobs, SLURM jobs (the scheduler assigns GPUs) and single runs (which may use DDP) are left alone."""
+    """Only jobs side by side on one machine (the joblib launcher) need a GPU each; SLURM assigns its own."""
     target = str(OmegaConf.select(hydra_cfg, "launcher._target_", default=""))
     return hydra_cfg.mode == RunMode.MULTIRUN and target.endswith("JoblibLauncher")
 
 
 def pin_job_to_gpu(hydra_cfg: DictConfig, lock_dir: Path = GPU_LOCK_DIR) -> str | None:
-    """Give this job's process one GPU of its own by setting CUDA_VISIBLE_DEVICES: call it at the start of
-    the job, before anything touches CUDA. Returns the GPU id, or None where nothing needs pinning (no
-    parallel launcher, fewer than two GPUs). A process keeps its GPU for the jobs it runs after."""
+    """Give this job's process one GPU (CUDA_VISIBLE_DEVICES) for good, before anything touches CUDA."""
     global _pinned_gpu, _gpu_lock
     if _pinned_gpu is not None or not should_pin(hydra_cfg):
         return _pinned_gpu
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     devices = (
-        [d for d in visible.split(",") if d] if visible is not None else [str(i) for i in range(gpu_count())]
+        [str(i) for i in range(gpu_count())] if visible is None else [d for d in visible.split(",") if d]
     )
     if len(devices) < 2:
         return None
@@ -153,9 +139,8 @@ def uses_several_devices(devices: Any) -> bool:
 def ddp_problem(
     strategy: Any, devices: Any, multirun: bool, environ: Mapping[str, str] | None = None
 ) -> str | None:
-    """Why this trainer setting cannot work, or None. Lightning's `ddp` starts the other ranks by running
-    the command line again; inside a Hydra multirun that command is the whole sweep. Processes started
-    from outside (torchrun, SLURM's srun) and `ddp_spawn` don't re-run the command line."""
+    """Why this trainer setting cannot work, or None: Lightning's `ddp` starts the other ranks by running the
+    command line again, which in a multirun is the whole sweep (not so for ddp_spawn, torchrun, srun)."""
     environ = os.environ if environ is None else environ
     relaunches = str(strategy).startswith("ddp") and "spawn" not in str(strategy)
     external = "LOCAL_RANK" in environ or "SLURM_NTASKS" in environ
@@ -171,10 +156,8 @@ def ddp_problem(
 
 
 class ReportOnMultirunEnd(Callback):
-    """Hydra callback: when every job of a multirun has returned, write the report of the sweep folder, and
-    end the command with exit status 1 if a job failed, was interrupted or left no results, so scripts and
-    CI notice. Jobs another process is running are reported as running, not as problems.
-    (Hydra turns an exception raised in a callback into a warning; SystemExit gets through.)"""
+    """Hydra callback: after a multirun, write the sweep's report and exit 1 if a job failed, was interrupted
+    or left no results (Hydra turns a callback's exception into a warning; SystemExit gets through)."""
 
     def __init__(self, fail_on_errors: bool = True) -> None:
         self.fail_on_errors = fail_on_errors
@@ -204,8 +187,7 @@ class ReportOnMultirunEnd(Callback):
 
 
 def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> report.Found:
-    """Write the report of a sweep folder and print its table; returns what report.find_runs found, with
-    `not_started` job folders listed as missing."""
+    """Write and print a sweep folder's report; returns report.find_runs's, `not_started` folders missing."""
     from tlbench.analysis import report
 
     found = report.find_runs(sweep_dir)
@@ -218,17 +200,17 @@ def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> rep
     if not found.has_outcomes:
         log.warning("no results.json, error.txt or interrupted.txt under %s: nothing to report", sweep_dir)
         return found
-    summary_md = report.write_report(found, sweep_dir)
-    print(report.render_table(report.summarize(found.runs)))
-    print("\n" + report.terminal_verdict(found.runs))
+    analysis = report.analyse(found.runs)
+    summary_md = report.write_report(found, sweep_dir, analysis)
+    print(report.render_table(analysis.groups))
+    print("\n" + report.verdict_text(analysis))
     print(f"\n{report.count_line(found)}\nreport: {summary_md}")
     return found
 
 
 def planned_job_dirs(hydra_cfg: DictConfig) -> list[Path]:
-    """Every job folder a basic sweep (`-m a=1,2 b=x,y`) will have, worked out from the sweep's saved
-    multirun.yaml the way Hydra's BasicSweeper and override_dirname do. Empty for sweepers that choose
-    jobs as they go (Optuna) and for a hydra.sweep.subdir other than tlbench's."""
+    """Every job folder a basic sweep will have, from its multirun.yaml as Hydra's BasicSweeper names them;
+    empty for sweepers that choose as they go (Optuna) and for a hydra.sweep.subdir other than tlbench's."""
     from hydra._internal.config_loader_impl import get_overrides_dirname
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -255,8 +237,7 @@ def planned_job_dirs(hydra_cfg: DictConfig) -> list[Path]:
 
 
 def report_stopped_sweep(hydra_cfg: DictConfig) -> None:
-    """A signal stops the whole sweep (the scheduler wants the process gone): write its report now, listing
-    the interrupted job and the jobs not started, since Hydra's on_multirun_end will not run."""
+    """A signal stops the whole sweep: write its report now (on_multirun_end will not run)."""
     if os.environ.get("RANK", "0") != "0":
         return
     write_sweep_report(Path(hydra_cfg.sweep.dir), planned_job_dirs(hydra_cfg))
@@ -267,24 +248,16 @@ def report_stopped_sweep(hydra_cfg: DictConfig) -> None:
 
 
 class ExplainMissingPlugin(Callback):
-    """Hydra callback: before a multirun starts, stop with one line naming the package to install when the
-    chosen launcher or sweeper is an optional plugin that is not installed (see register_with_hydra)."""
+    """Hydra callback: before a multirun, name the package to install for a missing launcher or sweeper."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         for kind in ("launcher", "sweeper"):
             target = str(OmegaConf.select(config, f"hydra.{kind}._target_", default=""))
             if target.startswith(NOT_INSTALLED):
                 module, extra = target.removeprefix(NOT_INSTALLED).split("__pip_install_tlbench")
-                choice = config.hydra.runtime.choices.get(f"hydra/{kind}")
-                log.error(
-                    "hydra/%s=%s needs the Hydra plugin %s, which is not installed: pip install 'tlbench%s' "
-                    "(or pip install %s)",
-                    kind,
-                    choice,
-                    module,
-                    extra,
-                    module.replace("_", "-"),
-                )
+                choice = f"hydra/{kind}={config.hydra.runtime.choices.get(f'hydra/{kind}')}"
+                pip = f"pip install 'tlbench{extra}' (or pip install {module.replace('_', '-')})"
+                log.error("%s needs the Hydra plugin %s, which is not installed: %s", choice, module, pip)
                 raise SystemExit(1)
 
 
@@ -302,8 +275,8 @@ def missing_plugins() -> Iterator[tuple[str, str, str, str]]:
 
 
 def register_with_hydra() -> None:
-    """Resolvers used in conf/, and a stand-in for each missing optional plugin: without it Hydra says
-    only "Could not find 'hydra/launcher/joblib'"; with it, the error names the package to install."""
+    """Resolvers used in conf/, and a stand-in for each missing optional plugin, so the error names the
+    package to install, not only "Could not find 'hydra/launcher/joblib'"."""
     if not OmegaConf.has_resolver("tlbench.dirname"):
         OmegaConf.register_new_resolver("tlbench.dirname", job_dirname)
     if not OmegaConf.has_resolver("tlbench.gpu_count"):

@@ -104,14 +104,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     module = build_module(cfg, datamodule)
     counts = module.parameter_counts()
-    log.info(
-        "%s / %s: %s of %s parameters train (stages: %s)",
-        cfg.backbone.name,
-        cfg.strategy.name,
-        f"{counts['trainable_params']:,}",
-        f"{counts['total_params']:,}",
-        ", ".join(module.trainable_stages),
-    )
+    names = f"{cfg.backbone.name} / {cfg.strategy.name}"
+    trainable, total = f"{counts['trainable_params']:,}", f"{counts['total_params']:,}"
+    stages = ", ".join(module.trainable_stages)
+    log.info("%s: %s of %s parameters train (stages: %s)", names, trainable, total, stages)
 
     if module.caches_features:
         datamodule.use_features(module.embed)
@@ -250,17 +246,15 @@ def run(overrides: list[str] | None = None, run_dir: str | Path | None = None) -
 
 
 def preflight(cfg: DictConfig, run_dir: Path) -> None:
-    """Cheap checks of what would otherwise fail late — after data loading, after training, or after
-    force=true has moved the previous run aside: config values, the backbone name and weights tag, the
-    image folder, and that the run folder, its checkpoints and its logs can be written."""
+    """Cheap checks of what would otherwise fail late (after training, or after force=true has moved the
+    previous run aside): config values, and that the run folder, its checkpoints and logs can be written."""
     check_config(cfg)
     for path in (run_dir, run_dir / folder.CHECKPOINT_DIR, run_dir / LOG_FOLDERS.get(cfg.logger.name, "")):
         folder.check_writable(path)
 
 
 def is_first_process() -> bool:
-    """False on the extra ranks of a DDP run, which re-run this entry point on the same run folder: only the
-    first process claims, checks and clears the folder."""
+    """False on a DDP run's extra ranks, which re-run this entry point: only the first claims the folder."""
     ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
     return all(os.environ.get(name, "0") == "0" for name in ranks)
 
@@ -273,11 +267,7 @@ def excluded_keys() -> list[str]:
 
 
 def prepare_folder(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Make the run folder ready for this run, or return the finished results to skip it with.
-
-    Nothing is moved before every check has passed; a folder holding a run started with other settings
-    is refused rather than resumed (its checkpoint would train the old run while results.json reported
-    the new settings)."""
+    """Make the run folder ready (after every check), or return the finished results to skip it with."""
     config = OmegaConf.to_container(cfg, resolve=True)
     old = folder.saved_config(run_dir)
     if not cfg.force and old is not None and folder.has_run_outputs(run_dir):
@@ -325,9 +315,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"\nerror: {taken}", file=sys.stderr)
         sys.exit(1)
     except folder.RunInterrupted as stopped:
-        # The scheduler that sent the signal wants the process gone: a sweep stops here too, and writes its
-        # report now (Hydra's on_multirun_end will not run) — after the claim is released, so that this
-        # job is listed as interrupted, not running.
+        # A sweep stops too, reporting now (no on_multirun_end), after the claim is released (not "running").
         if multirun:
             sweep.report_stopped_sweep(hydra_cfg)
         sys.exit(folder.exit_status(stopped.signum))

@@ -26,9 +26,7 @@ NOT_TRAINER_ARGUMENTS = ("monitor", "early_stopping_patience")
 
 
 def trainer_device(options: dict[str, Any]) -> torch.device:
-    """The device Lightning trains on with these trainer options, asked of Lightning itself (a bare
-    Trainer with the same accelerator and devices), so `auto` means what it means to Lightning and
-    `trainer=cpu` on a GPU host is the CPU."""
+    """The device Lightning trains on with these options, asked of a bare Trainer."""
     chosen = {k: options[k] for k in ("accelerator", "devices") if k in options}
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = rank_zero.level
@@ -44,11 +42,9 @@ def trainer_device(options: dict[str, Any]) -> torch.device:
 
 
 def resolve_precision(precision: Any, device: torch.device) -> str:
-    """trainer.precision=auto: bf16-mixed on a CUDA device with bf16 arithmetic in hardware (Ampere and
-    newer), else 32-true. Not where torch only emulates bf16 (`is_bf16_supported()` counts that, and it is
-    slower than fp32), and not 16-mixed on older GPUs: fp16 needs loss scaling, which skips steps on
-    overflow and cannot be graphed, so it would quietly change every run on such a host. Ask for it by
-    name (trainer.precision=16-mixed)."""
+    """trainer.precision=auto: bf16-mixed where CUDA has bf16 in hardware (emulated bf16 is slower than
+    fp32), else 32-true. Never 16-mixed: its loss scaling skips steps and cannot be graphed, which would
+    quietly change every run on an older GPU; ask for it by name."""
     if precision not in (None, "auto"):
         return str(precision)
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
@@ -66,17 +62,13 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_logger(name: str, run_dir: Path, resumed_step: int | None = None):
-    """The run's logger. On a resume (`resumed_step`: the global step of last.ckpt) it keeps the history
-    logged up to that step — the last validation before the checkpoint is logged at it — and drops what
-    came after, which the resumed run logs again: TensorBoard hides those events (purge_step), the CSV
-    keeps only the earlier rows (Lightning's CSVLogger would delete them all)."""
+    """The run's logger. On a resume (`resumed_step`: last.ckpt's global step) it keeps the history up to
+    that step and drops what came after, which the resumed run logs again: TensorBoard by purge_step, the
+    CSV by keeping the earlier rows (Lightning's CSVLogger would delete them all)."""
     if name == "tensorboard":
+        purge = None if resumed_step is None else resumed_step + 1
         return TensorBoardLogger(
-            save_dir=str(run_dir),
-            name=LOG_FOLDERS[name],
-            version="",
-            default_hp_metric=False,
-            purge_step=None if resumed_step is None else resumed_step + 1,
+            str(run_dir), LOG_FOLDERS[name], "", default_hp_metric=False, purge_step=purge
         )
     if name == "csv":
         logger = CSVLogger(save_dir=str(run_dir), name=LOG_FOLDERS[name], version="")
@@ -87,8 +79,7 @@ def build_logger(name: str, run_dir: Path, resumed_step: int | None = None):
 
 
 def keep_csv_history(logger: CSVLogger, resumed_step: int) -> None:
-    """Carry the rows logged up to `resumed_step` into the resumed run's metrics.csv: Lightning's writer
-    removes the file when it starts and writes only what it logs itself."""
+    """Keep metrics.csv's rows up to `resumed_step` (Lightning's writer removes the file when it starts)."""
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.exists():
         return
@@ -102,16 +93,14 @@ def keep_csv_history(logger: CSVLogger, resumed_step: int) -> None:
 
 
 class CheckpointOnInterrupt(OnExceptionCheckpoint):
-    """last.ckpt at the moment a signal stops training, so running the same command again continues from
-    there. Lightning's OnExceptionCheckpoint saves on any exception and deletes its file at teardown; here
-    only a stop asked for by a signal, during fit, is saved (a test-phase stop would save the best weights
-    loaded for testing), and the file stays."""
+    """last.ckpt when a signal stops training, so the same command continues from there. Unlike Lightning's
+    OnExceptionCheckpoint, only a signal during fit saves (in test it would save the best weights loaded
+    for testing), and the file stays after teardown."""
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        # received_sigterm too: SLURM and a terminal signal the data-loader workers as well, and a dead
-        # worker can end the fit with its own error before the loop reaches its SIGTERM check.
+        # received_sigterm too: a signalled loader worker can end the fit with its own error first.
         signalled = trainer.received_sigterm or isinstance(
             exception, folder.RunInterrupted | KeyboardInterrupt
         )
@@ -138,21 +127,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trai
     options = trainer_options(cfg)
     logger = build_logger(cfg.logger.name, run_dir, resumed_step(cfg, run_dir))
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        auto_insert_metric_name=False,
+        run_dir / "checkpoints", "best", monitor, mode=mode, auto_insert_metric_name=False
     )
-    # Its own callback: ModelCheckpoint(save_last=True) writes last.ckpt only when the best one improves,
-    # so resuming from it would repeat every epoch since the best.
-    latest = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
+    # Its own callback: save_last=True writes last.ckpt only when the best improves (a resume would repeat).
+    latest = ModelCheckpoint(run_dir / "checkpoints", "last", monitor=None, enable_version_counter=False)
     recipe = [ema_callback(cfg.optim.get("ema")), early_stopping(monitor, mode, patience)]
     callbacks = [c for c in recipe if c is not None]
     callbacks += [checkpoint, latest, CheckpointOnInterrupt(run_dir / folder.CHECKPOINT_DIR, "last"), cost]

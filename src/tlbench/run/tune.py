@@ -1,15 +1,8 @@
 """The learning-rate range test (`python -m tlbench.train ... tune.lr_find=true`), per-stage groups kept.
 
-Lightning's `Tuner.lr_find` trains a few steps while the learning rate grows from tune.min_lr to
-tune.max_lr and suggests the rate where the loss falls fastest. It sets *every* parameter group to the
-same rate, which would erase the strategy's head_lr : backbone_lr ratio (and layer_decay). Here the rate
-it sweeps stands for the head's: before each step, `GroupRatioLRFinder` puts every group back at
-swept rate × (the group's configured rate / strategy.head_lr). The suggestion is therefore a head_lr, and
-the backbone's follows from the configured ratio.
-
-The range test trains the strategy's first phase (gradual unfreezing's later stages do not join in) and
-then restores the initial weights; it writes lr_find.json and lr_find.png to the run folder and says which
-overrides to train with. Nothing is trained for real and no results.json is written.
+Lightning's `lr_find` sets *every* parameter group to the swept rate, erasing the strategy's head_lr :
+backbone_lr ratio (and layer_decay): here each group keeps its ratio to the swept head_lr. It trains the
+strategy's first phase, restores the weights, and writes lr_find.json and lr_find.png, no results.json.
 """
 
 from __future__ import annotations
@@ -33,12 +26,8 @@ LR_FIND_PLOT = "lr_find.png"
 
 
 class GroupRatioLRFinder(LearningRateFinder):
-    """Lightning's LR finder callback, sweeping the head's rate with every group at its configured ratio.
-
-    Lightning's finder writes one rate to every group each step; an optimizer step pre-hook then scales
-    each group by (its configured rate / head_lr). The hook lives on the optimizer because the finder
-    replaces the trainer's callbacks while it runs. After the range test this fit stops: it was only for it.
-    """
+    """Lightning's LR finder, with an optimizer step pre-hook scaling each group by (its configured rate /
+    head_lr): on the optimizer, because the finder replaces the trainer's callbacks while it runs."""
 
     def __init__(self, head_lr: float, **finder_options: Any):
         super().__init__(**finder_options)
