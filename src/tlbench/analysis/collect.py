@@ -1,8 +1,5 @@
-"""Which run folders lie below a folder and how each one ended.
-
-A run folder whose claim a live process holds is running; one with complete results finished; one with
-interrupted.txt was stopped by a signal (a re-run continues it); one with error.txt and no results failed;
-one with Hydra's .hydra/ and none of these is missing (killed or timed out). All are listed, never dropped.
+"""Which run folders lie below a folder and how each ended: running (a live claim), complete, interrupted
+(interrupted.txt), failed (error.txt) or missing (only Hydra's .hydra/: killed or timed out). None dropped.
 """
 
 from __future__ import annotations
@@ -43,11 +40,8 @@ class Run:
     def context(self) -> tuple[str, str, int | str]:
         """What strategies are compared within: data × backbone × data size (images per class, or ALL)."""
         per_class = self.params.get("per_class")
-        return (
-            str(self.params.get("data", "?")),
-            str(self.params.get("backbone", "?")),
-            ALL if per_class is None else int(per_class),
-        )
+        size = ALL if per_class is None else int(per_class)
+        return str(self.params.get("data", "?")), str(self.params.get("backbone", "?")), size
 
     @property
     def strategy(self) -> str:
@@ -55,8 +49,7 @@ class Run:
 
     @property
     def replicate(self) -> Any:
-        """Which replicate of its setting the run is: its seed, or (seed, fold) under k-fold (runs from
-        before data.folds have no fold). A setting is averaged, and strategies are paired, over it."""
+        """Its seed, or (seed, fold) under k-fold: what a setting averages and strategies pair over."""
         seed, fold = self.params.get("seed"), self.params.get("fold")
         return seed if fold is None else (seed, fold)
 
@@ -121,23 +114,16 @@ def find_runs(root: str | Path) -> Found:
             found.failed.append(Problem(folder, "failed", last_line(text)))
         else:
             killed = not (folder / RESULTS_FILE).exists()
-            found.missing.append(
-                Problem(
-                    folder, "missing", f"{why} and no {ERROR_FILE} (killed or timed out)" if killed else why
-                )
-            )
+            detail = f"{why} and no {ERROR_FILE} (killed or timed out)" if killed else why
+            found.missing.append(Problem(folder, "missing", detail))
     return found
 
 
 def counts(found: Found) -> dict[str, int]:
     """Run folders by state; running and interrupted only when there are some (most reports have none)."""
     extra = {"interrupted": len(found.interrupted), "running": len(found.running)}
-    return {
-        "complete": len(found.runs),
-        "failed": len(found.failed),
-        "missing": len(found.missing),
-        **{k: v for k, v in extra.items() if v},
-    }
+    done = {"complete": len(found.runs), "failed": len(found.failed), "missing": len(found.missing)}
+    return done | {k: v for k, v in extra.items() if v}
 
 
 def count_line(found: Found) -> str:

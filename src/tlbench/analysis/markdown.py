@@ -17,8 +17,7 @@ def md(text: object) -> str:
 
 
 def code(text: object) -> str:
-    """`text` as inline code, fenced with more backticks than it holds in a row (a backslash does not
-    escape inside code)."""
+    """`text` as inline code, fenced with more backticks than it holds in a row (no backslash escapes)."""
     text = str(text)
     fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""

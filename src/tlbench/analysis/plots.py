@@ -25,8 +25,7 @@ POINT = {"markersize": 8, "capsize": 3, "linestyle": "none"}  # a configuration 
 
 
 def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Path:
-    """Bars of mean `metric` per strategy, grouped by backbone (and data / data size where they vary),
-    with ±1 std error bars."""
+    """Bars of mean `metric` ± std per strategy, grouped by backbone (and data / size where they vary)."""
     from matplotlib.figure import Figure
 
     contexts = list(dict.fromkeys(g.context for g in groups))
@@ -66,8 +65,7 @@ def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Pat
 
 
 def plot_learning_curves(groups: list[Group], out_dir: Path, metric: str = RANK_BY) -> list[Path]:
-    """Per backbone whose runs cover two or more data sizes: `metric` vs images per class (log scale), one
-    line per strategy with a ±1 std band; dashed where the same strategy also ran on all the images."""
+    """Per backbone with two or more data sizes: `metric` ± std vs images per class; dashed: all images."""
     from matplotlib.figure import Figure
 
     by_setting = {(*g.context, g.label): g for g in groups}
@@ -123,8 +121,7 @@ def frontier(xs: np.ndarray, ys: np.ndarray, more_is_better: bool) -> tuple[np.n
 
 
 def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str = RANK_BY) -> Path:
-    """One row of four panels (accuracy against each cost) per data × data size; hollow markers are
-    configurations dominated on all axes together, the dashed line each panel's own two-axis frontier."""
+    """Accuracy against each cost, a row per data × size; hollow: dominated; dashed: the panel's frontier."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -179,10 +176,9 @@ def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray
 
 
 def plot_reliability(analysis: Analysis, out_dir: Path) -> list[Path]:
-    """reliability_<backbone>.png, from the runs' predictions files: for test images grouped by the
-    confidence of their predicted class, how often that prediction was right (below the diagonal: the
-    model is over-confident). A panel per data × data size, a curve per strategy, every seed's test images
-    pooled; marker area grows with the bin's images."""
+    """reliability_<backbone>.png from the predictions files: accuracy against the confidence of the
+    predicted class (below the diagonal: over-confident); a panel per data × size, a curve per strategy,
+    every seed's test images pooled, marker area by the bin's images."""
     from matplotlib.figure import Figure
 
     panels: dict[str, dict[str, list[Group]]] = {}

@@ -1,15 +1,8 @@
 """Many runs → one table and a few charts: `python -m tlbench.report outputs/multirun/<sweep>`.
 
-Reads every results.json below a folder (collect.py), works out what they say (summary.py) and writes,
-into that folder:
-    results.csv                  one row per run folder (complete, running, interrupted, failed or missing)
-    summary.md / summary.json    strategy × backbone × data size: mean ± std over seeds, the best strategy
-                                 and whether the runs can tell it from the others (verdict.py), where
-                                 strategies cross, the cost/accuracy Pareto table
-    accuracy_by_strategy.png     test accuracy per strategy, grouped by backbone, with error bars
-    learning_curve_<backbone>.png  test accuracy vs images per class, where a sweep varied data.per_class
-    pareto.png                   accuracy against wall time, train images/s, trainable params, peak memory
-    reliability_<backbone>.png   reliability diagram per strategy, from the runs' predictions.csv
+Finds the runs (collect.py), works out what they say (summary.py) and writes, into that folder:
+results.csv (one row per run folder), summary.md / summary.json (the table, the verdicts, the crossings and
+the cost/accuracy Pareto table) and the charts of plots.py.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tlbench.analysis import plots, verdict
-from tlbench.analysis.collect import Found, Problem, Run, count_line, counts, find_runs
+from tlbench.analysis.collect import Found, Problem, count_line, counts, find_runs
 from tlbench.analysis.markdown import code, md, table
 from tlbench.analysis.summary import (
     COSTS,
@@ -108,10 +101,6 @@ def verdict_text(analysis: Analysis) -> str:
     return "\n".join(line.replace("**", "") for line in lines)
 
 
-def terminal_verdict(runs: list[Run]) -> str:
-    return verdict_text(analyse(runs))
-
-
 def render_summary_md(found: Found, analysis: Analysis) -> str:
     total = len(found.runs) + len(found.unfinished)
     others = ", ".join(f"{n} {state}" for state, n in counts(found).items() if state != "complete")
@@ -188,11 +177,8 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
             lines += [f"## {title} ({len(problems)})", "", *(items or ["None."]), ""]
     eager = [r for r in found.runs if r.results.get("cuda_graph_error")]  # optim.cuda_graph fell back
     if eager:
-        lines += [f"## CUDA graph capture failed, trained eagerly ({len(eager)})", ""]
-        lines += [
-            f"- {code(relative(r.path, found.root))}: {md(r.results['cuda_graph_error'])}" for r in eager
-        ]
-        lines += [""]
+        rows = [f"- {code(relative(r.path, found.root))}: {md(r.results['cuda_graph_error'])}" for r in eager]
+        lines += [f"## CUDA graph capture failed, trained eagerly ({len(eager)})", "", *rows, ""]
     return "\n".join(lines)
 
 
@@ -271,9 +257,8 @@ def results_csv(found: Found) -> str:
     costs = ["wall_time_s", "train_images_per_s", "trainable_params", "total_params", "peak_memory_mb"]
     costs += ["peak_memory_kind", "device", "precision", "pipeline", "cuda_graph", "cuda_graph_error"]
     text = io.StringIO()
-    writer = csv.DictWriter(
-        text, fieldnames=["run_dir", "status", *first, *params, *metrics, *costs, "overrides", "error"]
-    )
+    fields = ["run_dir", "status", *first, *params, *metrics, *costs, "overrides", "error"]
+    writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     for run in found.runs:
         row = {"run_dir": relative(run.path, found.root), "status": "complete"}

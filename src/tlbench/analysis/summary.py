@@ -1,11 +1,7 @@
-"""What the runs say, computed once: one group per setting with mean ± std over its replicates (seeds, or
-seeds × folds), the verdict of each data × backbone × data size (verdict.py), where strategies cross over
-data sizes, and what accuracy costs. report.py writes it down, plots.py draws it.
-
-What accuracy costs: each configuration (backbone × strategy, means over its seeds) is dominated when
-another one on the same data and data size (where accuracies are measured on the same test images) is as
-good on every axis (accuracy, wall time, train images/s, trainable parameters, peak memory) and better on
-at least one: it lies off the Pareto frontier.
+"""What the runs say, computed once: one group per setting with mean ± std over its replicates, the verdict
+of each data × backbone × data size (verdict.py), where strategies cross, and what accuracy costs (a
+configuration is dominated when another on the same data and size is as good on every axis and better on
+one). report.py writes it down, plots.py draws it.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ COSTS = {
 RANK_BY = "test/acc"
 MORE_IS_BETTER = {RANK_BY, "train_images_per_s"}  # the other costs are better the smaller
 # Least to most of the backbone trained; unknown strategies follow in alphabetical order.
-STRATEGY_ORDER = tuple(STRATEGIES)  # least to most of the backbone trained
+STRATEGY_ORDER = tuple(STRATEGIES)
 
 
 @dataclass
@@ -101,8 +97,7 @@ def size_rank(per_class: int | str) -> tuple[int, int]:
 
 
 def varying_params(runs: list[Run]) -> list[str]:
-    """Params besides the grouping keys and the replicate (seed, fold) that take more than one value among
-    the runs of one data × backbone × data size × strategy cell."""
+    """Params besides the grouping keys and the replicate that vary within one cell."""
     fixed = {"data", "backbone", "per_class", "strategy", "seed", "fold"}
     keys = {k for run in runs for k in run.params} - fixed
     values: dict[tuple, set[str]] = {}
@@ -162,15 +157,8 @@ def render_table(groups: list[Group]) -> str:
     if not groups:
         return "(no finished runs)"
     metrics = shown_metrics(groups)
-    header = [
-        "data",
-        "backbone",
-        "images/class",
-        "strategy",
-        "n",
-        *(METRICS[k] for k in metrics),
-        *COSTS.values(),
-    ]
+    header = ["data", "backbone", "images/class", "strategy", "n", *(METRICS[k] for k in metrics)]
+    header += COSTS.values()
     rows = (
         [md(g.data), md(g.backbone), str(g.per_class), md(g.label), str(len(g.runs))]
         + [fmt_stat(g.stats[k], k) for k in (*metrics, *COSTS)]
@@ -181,9 +169,8 @@ def render_table(groups: list[Group]) -> str:
 
 # ---------------------------------------------------------------------- verdicts, crossings and frontier
 def samples_of(groups: list[Group], predictions: dict[Path, Predictions | None]) -> dict[tuple, dict]:
-    """context -> strategy label -> replicate -> that run's accuracy and per-image scores. A replicate that
-    ran twice counts once: the run folder that sorts last."""
-    samples: dict[tuple, dict[str, dict[Any, verdict.Sample]]] = {}  # as verdict.judge takes them
+    """context -> strategy -> replicate -> verdict.Sample; a replicate run twice: the last folder counts."""
+    samples: dict[tuple, dict[str, dict[Any, verdict.Sample]]] = {}
     for g in groups:
         arm = samples.setdefault(g.context, {}).setdefault(g.label, {})
         for run in sorted(g.runs, key=lambda r: r.path):
@@ -204,8 +191,7 @@ def oriented(decision: verdict.GroupVerdict, a: str, b: str) -> verdict.Comparis
 
 
 def find_crossings(decisions: list[verdict.GroupVerdict]) -> list[tuple[tuple[str, str], verdict.Crossing]]:
-    """Per data × backbone that ran two or more data sizes: for every pair of strategies, where one
-    overtakes the other (or that it never does)."""
+    """Per data × backbone with two or more data sizes: for every pair of strategies, where one overtakes."""
     curves: dict[tuple[str, str], list[verdict.GroupVerdict]] = {}
     for d in decisions:
         data, backbone, per_class = d.context
@@ -246,9 +232,7 @@ def pareto(groups: list[Group]) -> list[tuple[Group, list[str]]]:
 
 @dataclass
 class Analysis:
-    """Everything the report says: the groups of the table, each run's predictions (None without
-    predictions.csv), the verdict per data × backbone × data size, the crossings, and each group with an
-    accuracy beside the configurations that dominate it."""
+    """Everything the report says; `predictions` is None for a run without predictions.csv."""
 
     groups: list[Group]
     predictions: dict[Path, Predictions | None]

@@ -1,53 +1,40 @@
-"""Is one strategy better than another, or can the runs not tell? Paired comparisons, Holm-corrected,
-and one verdict line per data × backbone × data size. Pure statistics: the report (summary.py) reads the
-run folders and hands the numbers in.
+"""Is one strategy better than another, or can the runs not tell? Paired comparisons, Holm-corrected, and
+one verdict line per data × backbone × data size. Pure statistics: summary.py reads the runs.
 
-**The paired bootstrap** (`compare`). Two strategies A and B are paired by seed: runs with the same seed
-share the training subset and the validation/test split, so on each common seed s each test image i has
-a paired difference D[s, i] = score_A(i) − score_B(i) (score: 1.0 when the image is classified right, so
-the mean of D is the difference in test accuracy). The observed difference is the mean over seeds of the
-per-seed mean of D. One bootstrap replicate:
+**The paired bootstrap** (`compare`). Strategies A and B are paired by seed (under k-fold, by (seed, fold)):
+runs with the same seed share the training subset and the test split, so each test image i of a common seed
+s has a paired difference D[s, i] = score_A(i) − score_B(i) (score 1.0 when classified right, so the mean of
+D is the difference in accuracy). The observed difference is the mean over seeds of the per-seed mean of D.
+One bootstrap replicate draws S seeds with replacement from the S common seeds, then test images with
+replacement, the same draw for A and B (that is the pairing): *crossed* — every seed tested on the same
+images (a fixed test folder) — one draw of N images per replicate, shared by every drawn seed; *nested* — a
+seeded split per seed — a separate draw within each drawn seed; and averages D over them.
 
-1. draws S seeds with replacement from the S common seeds;
-2. draws test images with replacement, the same draw for A and B (that is the pairing):
-   - *crossed* — every seed tested on the same images (a fixed test folder): one draw of N images per
-     replicate, used for every drawn seed, since the test images are one sample shared by all seeds;
-   - *nested* — the test images differ between seeds (a seeded split): a separate draw within each drawn
-     seed;
-3. and averages D over the drawn seeds and images.
+`N_BOOT` replicates (a fixed-seed generator: reproducible reports) give the 95% percentile interval and the
+two-sided p-value 2·min(P*(d ≤ 0), P*(d ≥ 0)), each share counted as (k + 1) / (B + 1): below 0.05 exactly
+when the interval excludes 0. N images drawn with replacement are drawn as multinomial counts over the
+distinct values of D: the same distribution, cheap because accuracy differences are −1, 0 or 1.
 
-Under k-fold cross-validation (`data.folds`) a "seed" here is a (seed, fold) pair: the runs of one fold
-share its training and validation images, so strategies are paired by seed and fold.
+**Without predictions files** (older runs): a paired t-test over the seeds' test accuracies
+(`scipy.stats.ttest_rel`) with its 95% interval.
 
-`N_BOOT` replicates (a fixed-seed `numpy.random.Generator`, so reports are reproducible) give the 95%
-percentile interval and the two-sided p-value 2·min(P*(d ≤ 0), P*(d ≥ 0)), each share counted as
-(k + 1) / (B + 1): it is below 0.05 exactly when the 95% interval excludes 0. Drawing N images with
-replacement is drawn as multinomial counts over the distinct values of D — the same distribution, and
-cheap because accuracy differences take only the values −1, 0 and 1.
-
-**Without predictions files** (runs from before they were written), the comparison falls back to the
-runs' own test accuracies: a paired t-test over seeds (`scipy.stats.ttest_rel`) with its 95% interval.
-
-**Holm** (`holm`): within one data × backbone × data size, the p-values of all pairs of strategies are
-adjusted by Holm's step-down method, which keeps the chance of any false "A beats B" in the group ≤ 5%.
-
-**The verdict** (`judge`): the strategy with the best mean wins when it is separated (Holm p < 0.05) from
-every other one; otherwise the strategies not separated from it form a set that cannot be told apart.
+**Holm** (`holm`): within one group, the p-values of all pairs are adjusted by Holm's step-down method, which
+keeps the chance of any false "A beats B" in the group ≤ 5%. **The verdict** (`judge`): the best mean wins
+when separated (Holm p < 0.05) from every other; otherwise those not separated from it cannot be told apart.
 
 **Seeds to separate a tie** (`seeds_needed`): with s the between-seed SD of the per-seed differences and v
-the bootstrap variance from resampling the shared test images alone (seeds held fixed; crossed design
-only, 0 when nested, where each seed's own test images are already in s), taken not to shrink with more
-seeds — conservative where seeds err on different images — the smallest n with
+the bootstrap variance from resampling the shared test images alone (crossed design only; 0 when nested,
+where s already holds it), taken not to shrink with more seeds (conservative), the smallest n with
 
     t(0.975, n − 1) · sqrt(s² / n + v) < |d|
 
-is how many seeds in all would give a 95% interval that excludes 0 if the observed difference d and the
-variance held. When 1.96 · sqrt(v) ≥ |d| no number of seeds does: the test set is too small.
+would give a 95% interval that excludes 0 if d and the variances held. When 1.96 · sqrt(v) ≥ |d| no number
+of seeds does: the test set is too small.
 
-**Where strategies cross** (`crossing`): over data sizes n₁ < … < n_K, the last size at which the
-difference A − B has the other sign than at the largest size; the crossing is interpolated linearly in
-log(images per class) between that size and the next, and the same is done on every bootstrap replicate
-(sizes are independent runs, so replicate b of each size forms one curve) for a 95% interval.
+**Where strategies cross** (`crossing`): over data sizes n₁ < … < n_K, the last size where A − B has the
+other sign than at the largest, interpolated linearly in log(images per class) to the next size; the same on
+every bootstrap replicate (sizes are independent runs: replicate b of each size forms one curve) gives a
+95% interval.
 """
 
 from __future__ import annotations
@@ -170,8 +157,7 @@ def seed_key(seed: Any) -> tuple[tuple[bool, str], ...]:
 
 
 def resampled_means(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """(size, K): the means of `size` bootstrap resamples of the N columns of `values` (K, N), each
-    resample drawing N columns with replacement and applying the same draw to every row."""
+    """(size, K): means of `size` resamples of the N columns of `values` (K, N), one draw for every row."""
     distinct, counts = np.unique(values, axis=1, return_counts=True)
     n = values.shape[1]
     out = np.empty((size, values.shape[0]))
@@ -182,8 +168,7 @@ def resampled_means(values: np.ndarray, size: int, rng: np.random.Generator) -> 
 
 
 def aligned_differences(a: dict[Any, Sample], b: dict[Any, Sample], seeds: list) -> list[np.ndarray] | None:
-    """Per seed, A − B image by image (matched by item id), or None when the two runs of a seed did not
-    test the same images."""
+    """Per seed, A − B image by image (matched by item), or None where a seed's runs tested other images."""
     differences = []
     for seed in seeds:
         sa, sb = a[seed], b[seed]
@@ -271,8 +256,7 @@ def compare(
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
-    """Holm's step-down adjustment: the k-th smallest of m p-values times (m − k + 1), made monotone and
-    capped at 1; None (no test) stays None and does not count in m."""
+    """Holm: the k-th smallest of m p-values × (m − k + 1), monotone, ≤ 1; None stays None (not in m)."""
     tested = [i for i, p in enumerate(p_values) if p is not None]
     p = np.array([p_values[i] for i in tested], dtype=float)
     order = np.argsort(p, kind="stable")
@@ -285,8 +269,7 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
 
 def seeds_needed(diff: float, seed_sd: float | None, image_var: float = 0.0) -> int | str | None:
-    """Seeds in all for a 95% interval that excludes 0 at this difference and variance (module
-    docstring); a reason instead when no count can be given."""
+    """Seeds in all for a 95% interval excluding 0 (module docstring), or why no count can be given."""
     if diff == 0 or math.isnan(diff):
         return "no difference to separate"
     if seed_sd is None:
@@ -347,8 +330,7 @@ class Crossing:
 
 
 def last_crossing(sizes: np.ndarray, diffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of diffs (R, K) → where the lead last changed (log-interpolated size, nan where it never did)
-    and the index of the size just before it."""
+    """Rows of diffs (R, K) → where the lead last changed (nan: never) and the index of the size before."""
     last = np.sign(diffs[:, -1:])
     differs = (np.sign(diffs[:, :-1]) != last) & (last != 0)
     found = differs.any(axis=1)

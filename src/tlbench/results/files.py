@@ -1,6 +1,5 @@
-"""What a run leaves behind and how it is written and read: `results.json` (written last, atomically:
-its presence with status "complete" means the run finished) and the other files a run folder may hold;
-the cost measurements that go in the results are run/cost.py's."""
+"""The files a run folder may hold, written atomically and read: `results.json`, written last, with status
+"complete" means the run finished."""
 
 from __future__ import annotations
 
@@ -30,10 +29,9 @@ def versions() -> dict[str, str]:
 
 
 def write_atomic(path: str | Path, content: str | bytes | Callable[[IO[bytes]], object]) -> Path:
-    """Write `content` (text, bytes, or a function that writes into a binary file) to a temporary file
-    beside `path`, flush it to disk and rename it over `path`: a reader sees the old file or the new one,
-    never half of one, and a write that fails (a full disk, an error) keeps the old file and removes its
-    temporary one."""
+    """Write `content` (text, bytes, or a function writing into a binary file) to a temporary file beside
+    `path`, flush it to disk and rename it over `path`: a reader never sees half a file, and a failed write
+    keeps the old file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,15 +1,11 @@
-"""Per-image test predictions, saved beside results.json so any later analysis (the report's paired
-bootstrap, reliability diagrams) needs no re-run.
-
-`predictions.csv`, one row per test image in test-loader order:
+"""Per-image test predictions beside results.json, for the report's paired bootstrap and reliability
+diagrams. `predictions.csv`, one row per test image in test-loader order:
 
     item,label,prob_ants,prob_bees
     /data/hymenoptera/val/ants/10308379_1b6c72e180.jpg,ants,0.912,0.088
 
-`item` is the image's file path (or `<array>:<index>` for datasets held in memory, such as CIFAR-10),
-`label` its true class name, and one `prob_<class>` column per class in the model's class order: the
-softmax probabilities. Runs with the same data and seed test on the same items, so two strategies'
-files pair row for row by `item`.
+`item`: the file path (or `<array>:<index>` for in-memory datasets); `label`: the true class; one softmax
+`prob_<class>` per class in the model's order. Strategies' files pair by `item`.
 """
 
 from __future__ import annotations
@@ -60,8 +56,7 @@ def item_id(item: object) -> str:
 def write_predictions(
     run_dir: str | Path, items: Sequence, probs: np.ndarray, targets: np.ndarray, classes: list[str]
 ) -> Path | None:
-    """`run_dir/predictions.csv`; None (with a warning) when the probabilities do not cover every test
-    item once, as with fast_dev_run, limit_test_batches or a test split sharded over DDP ranks."""
+    """`run_dir/predictions.csv`; None (warned) for a partial test pass (fast_dev_run, limit, DDP shards)."""
     probs, targets = np.asarray(probs, dtype=float), np.asarray(targets)
     if len(probs) != len(items) or len(targets) != len(items):
         why = f"{len(probs)} predictions for {len(items)} test images (a partial test pass)"
@@ -87,8 +82,9 @@ def read_predictions(run_dir: str | Path) -> Predictions | None:
     index = {name: i for i, name in enumerate(classes)}
     body = rows[1:]
     try:
-        probs = np.array([[float(p) for p in row[2:]] for row in body], dtype=float)
-        probs = probs.reshape(len(body), len(classes))
+        probs = np.array([[float(p) for p in row[2:]] for row in body], dtype=float).reshape(
+            len(body), len(classes)
+        )
         targets = np.array([index[row[1]] for row in body], dtype=int)
     except (ValueError, KeyError):
         return None
