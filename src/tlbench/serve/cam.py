@@ -1,7 +1,5 @@
 """Grad-CAM heat maps: which part of an image drove a prediction (the `grad-cam` package does the maths).
-
-The target layer comes from the backbone's named stages: the last stage before the head whose output is
-still a feature map, at its last parameterised module (resnet `layer4`, Lite0 `bn2`, VGG `features.28`).
+The target: the last stage whose output is still a feature map, at its last module (resnet `layer4`).
 """
 
 from __future__ import annotations
@@ -20,14 +18,10 @@ _INSTALL_HINT = "pip install grad-cam (or pip install 'tlbench[cam]')"
 
 
 def target_layer(
-    net: nn.Module,
-    stages: list[tuple[str, list[str]]],
-    input_shape: Sequence[int],
-    stage: str | None = None,
+    net: nn.Module, stages: list[tuple[str, list[str]]], input_shape: Sequence[int], stage: str | None = None
 ) -> tuple[str, nn.Module]:
-    """(name, module) to explain: `stage`'s last module, or by default the last stage before the head
-    whose output is a feature map (B, C, H, W), passing over stages of pooled features (VGG's FC block);
-    `input_shape` is one image's (C, H, W)."""
+    """(name, module) to explain: `stage`'s last module, or the last stage whose output is a feature map
+    (module docstring); `input_shape` is one image's (C, H, W)."""
     names = [name for name, _ in stages if name != "head"]
     if stage is not None and stage not in names:
         raise ValueError(f"unknown stage {stage!r} for Grad-CAM; valid: {', '.join(names)}")
@@ -77,8 +71,7 @@ def _output_shapes(net: nn.Module, module_names: list[str], input_shape: Sequenc
 def grad_cam(
     net: nn.Module, images: torch.Tensor, layer: nn.Module, classes: Sequence[int] | None = None
 ) -> np.ndarray:
-    """Heat maps in [0, 1] of shape (B, H, W), the size of `images` (normalised, as the network takes
-    them), for `classes` (one per image; default: each image's predicted class)."""
+    """(B, H, W) heat maps in [0, 1] of normalised `images`, for `classes` (default: the predicted ones)."""
     try:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

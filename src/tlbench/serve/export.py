@@ -27,8 +27,7 @@ _ONNX_INSTALL_HINT = "pip install onnx (or pip install 'tlbench[export]')"
 
 
 def load_checkpoint(path: str | Path) -> TransferModule:
-    """The checkpoint's module on the CPU, in eval mode; a one-line error naming the file when it cannot
-    be one (missing, a folder, empty, cut short, text, a plain state dict, weights of another network)."""
+    """The checkpoint's module on the CPU, in eval mode; one line naming the file when it is not one."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(
@@ -50,8 +49,7 @@ def load_checkpoint(path: str | Path) -> TransferModule:
 
 
 def serving_metadata(module: TransferModule, format: str, model_file: str) -> dict[str, Any]:
-    """Everything outside the network that its outputs depend on: how to make its input, what its
-    outputs mean."""
+    """Everything outside the network its outputs depend on: how to make its input, what its outputs mean."""
     preset = module.preset
     in_chans = len(preset.mean)
     metadata = {
@@ -82,8 +80,7 @@ def serving_metadata(module: TransferModule, format: str, model_file: str) -> di
 
 
 def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None) -> tuple[Path, Path]:
-    """Write the checkpoint's network (`module.net`, eval mode) as `format` to `out` (default: beside the
-    checkpoint, `.onnx` or `.pt`) and its serving metadata to `<out>.json`; returns both paths."""
+    """Write the checkpoint's network as `format` to `out` and its serving metadata to `<out>.json`."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     module = load_checkpoint(checkpoint)
@@ -100,8 +97,7 @@ def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None 
                 warnings.simplefilter("ignore", FutureWarning)
                 torch.jit.trace(module.net, example).save(str(out))
     metadata_file = out.with_name(out.name + ".json")
-    metadata = serving_metadata(module, format, out.name)
-    metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
+    metadata_file.write_text(json.dumps(serving_metadata(module, format, out.name), indent=2) + "\n")
     return out, metadata_file
 
 
@@ -111,8 +107,7 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None
     except ImportError as err:
         raise ImportError(f"ONNX export needs the onnx package: {_ONNX_INSTALL_HINT}") from err
     with warnings.catch_warnings():
-        # The TorchScript-based exporter needs nothing beyond onnx; torch nudges towards the dynamo one,
-        # which needs onnxscript too.
+        # The TorchScript-based exporter needs only onnx; torch nudges to dynamo's, which needs onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(

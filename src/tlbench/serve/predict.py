@@ -35,8 +35,7 @@ from tlbench.serve.export import load_checkpoint
 
 
 class ImageNetClassifier(nn.Module):
-    """A pretrained backbone with its own ImageNet classifier as head, its class names taken from the
-    weights' metadata: `predict` and Grad-CAM take it as they take a trained checkpoint."""
+    """A pretrained backbone with its own ImageNet classifier and class names, used as a checkpoint is."""
 
     def __init__(self, backbone: str, weights: str | None = "DEFAULT") -> None:
         super().__init__()
@@ -58,8 +57,7 @@ def load_zero_shot(backbone: str, weights: str | None = "DEFAULT", device: str =
 
 
 class ImageFiles(Dataset):
-    """Image files as the model takes them (read, resized, centre-cropped, normalised by its preset); an
-    unreadable file becomes its reason instead of an image, so one bad file does not stop the others."""
+    """Image files as the model takes them; an unreadable one becomes its reason, so the others go on."""
 
     def __init__(self, paths: list[str | Path], preset: Preset):
         self.paths, self.transform, self.in_chans = list(paths), eval_transform(preset), len(preset.mean)
@@ -84,8 +82,7 @@ def keep_reasons(batch: list[torch.Tensor | str]) -> tuple[torch.Tensor | None, 
 def image_batches(
     paths: list[str | Path], preset: Preset, batch_size: int = 32, num_workers: int = 0
 ) -> DataLoader:
-    """Batches decoded as they are needed: at most `batch_size` × (1 + prefetching workers) images are in
-    memory at once, however many files there are."""
+    """Batches decoded as they are needed: memory holds `batch_size` × (1 + prefetching workers) images."""
     return DataLoader(
         ImageFiles(paths, preset), batch_size=batch_size, num_workers=num_workers, collate_fn=keep_reasons
     )
@@ -107,8 +104,7 @@ class Prediction:
     error: str | None = None
 
     def ranked(self, model: nn.Module, top_k: int) -> list[tuple[str, float]]:
-        """The `top_k` (class name, probability) pairs, the predicted class first (for a binary checkpoint
-        its saved decision threshold decides, see ranked_classes)."""
+        """The `top_k` (class name, probability) pairs, the predicted class first (see ranked_classes)."""
         indices = ranked_classes(model, self.probabilities[None])[0, :top_k].tolist()
         return [(model.class_names[i], float(self.probabilities[i])) for i in indices]
 
@@ -117,8 +113,7 @@ class Prediction:
 def predict_each(
     model: nn.Module, paths: list[str | Path], batch_size: int = 32, num_workers: int = 0
 ) -> Iterator[Prediction]:
-    """One Prediction per path, in order, yielded batch by batch: a folder of any size is predicted in
-    bounded memory and can be written out as it goes."""
+    """One Prediction per path, in order, yielded batch by batch (bounded memory, written as it goes)."""
     device = next(model.parameters()).device
     paths = [str(p) for p in paths]
     done = 0
@@ -137,9 +132,7 @@ def predict_each(
 def predict(
     model: nn.Module, paths: list[str | Path], top_k: int = 3, batch_size: int = 32
 ) -> list[list[tuple[str, float]]]:
-    """For each image: the `top_k` (class name, probability) pairs, most likely first. `model` is a
-    trained checkpoint (`load_model`) or a zero-shot ImageNet classifier (`load_zero_shot`). An unreadable
-    image raises BadImageError; `predict_each` reports it and goes on."""
+    """Each image's `top_k` (class name, probability) pairs; an unreadable image raises BadImageError."""
     ranked = []
     for prediction in predict_each(model, paths, batch_size):
         if prediction.error is not None:
@@ -149,13 +142,10 @@ def predict(
 
 
 def ranked_classes(model: nn.Module, probabilities: torch.Tensor) -> torch.Tensor:
-    """Class indices of each row, the predicted class first: for a binary checkpoint its decision threshold
-    (chosen on validation, saved in the checkpoint) decides, so the first class may be the less probable
-    one; otherwise by probability."""
+    """Class indices of each row, the predicted first (binary: by the saved threshold, else probability)."""
     if probabilities.shape[1] == 2:
-        predicted = decide(
-            probabilities, getattr(model, "threshold", None), getattr(model, "positive_class", 1)
-        )
+        threshold, positive = getattr(model, "threshold", None), getattr(model, "positive_class", 1)
+        predicted = decide(probabilities, threshold, positive)
         return torch.stack([predicted, 1 - predicted], dim=1)
     return probabilities.argsort(dim=1, descending=True)
 
@@ -163,16 +153,13 @@ def ranked_classes(model: nn.Module, probabilities: torch.Tensor) -> torch.Tenso
 def write_cams(
     model: nn.Module, paths: list[str | Path], out_dir: str | Path, stage: str | None = None
 ) -> list[Path]:
-    """Grad-CAM overlays for each image's predicted class, as `<out_dir>/<image name>_cam.png`; the target
-    layer is the end of the last convolutional stage, or of `stage` (a name from the backbone's stages).
-    One image at a time: Grad-CAM keeps activations and gradients of each."""
+    """Grad-CAM overlays of each image's predicted class as `<out_dir>/<image name>_cam.png`."""
     from tlbench.serve.cam import cam_overlay, grad_cam, target_layer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
-    layer = None
-    written = []
+    layer, written = None, []
     for path in paths:
         image = load_images(model, [path])[0].to(device)
         if layer is None:
@@ -259,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_predictions(
     model: nn.Module, paths: list[str], top_k: int, batch_size: int, workers: int
 ) -> set[str]:
-    """One line per image as it is predicted (`path: class p, …`, or `path: unreadable (why)`), under a
-    progress bar; returns the paths that could not be read."""
+    """One line per image as it is predicted, under a progress bar; returns the unreadable paths."""
     failed = set()
     rows = predict_each(model, paths, batch_size, workers)
     for prediction in tqdm(rows, total=len(paths), unit="image", file=sys.stderr, disable=None):
