@@ -1,8 +1,7 @@
 """Every config key, once: its type, its allowed values or range, and the one-line message when it is wrong.
 
-One frozen dataclass per config group, all in `RunConfig`; `parse` reads a field's type and its `rule(...)`,
-refuses an unknown, missing, mistyped or out-of-range key in one line, and returns the typed config, which
-the modules below the entry point check no more.
+One frozen dataclass per group, all in `RunConfig`; `parse` reads each field's type and `rule(...)`, refuses
+a wrong key in one line and returns the typed config, which the modules below the entry point trust.
 
 Why not Hydra's structured configs alone: OmegaConf's type errors are multi-line and it knows no ranges or
 choices (`data.val_fraction=1.5` passes); pydantic or hydra-zen would add a dependency. Defaults live only
@@ -49,8 +48,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """What a field allows beyond its type: ge/le inclusive bounds, gt/lt exclusive; `null`: what null means
-    where the type allows it; `check` + `expect`: a test of its own for values of several shapes."""
+    """Beyond a field's type: ge/le/gt/lt bounds, what `null` means, or a `check` with its `expect`."""
 
     choices: tuple = ()
     ge: float | None = None
@@ -224,8 +222,7 @@ class RunConfig:
 
 # --------------------------------------------------------------------------------------------- validator
 def parse(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
-    """`values` (a composed group, plain or OmegaConf) as the typed `cls`, or ConfigError for the first key
-    that is unknown, missing, of the wrong type or out of range."""
+    """`values` (plain or OmegaConf) as the typed `cls`, or ConfigError for the first key that is wrong."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     group, unknown = prefix.rstrip(".") or "the config", sorted(set(values) - set(fields))
@@ -255,8 +252,7 @@ def parse_value(key: str, value: Any, hint: Any, spec: Rule) -> Any:
     if value is None and type(None) in kinds:
         return None
     if spec.choices:
-        # `value in choices` alone would let True pass for 1 (and 1.0 for 1): compare types too. Choice
-        # names are lower case, and a YAML writes True as true.
+        # `value in choices` alone would let True pass for 1 (and 1.0 for 1): compare types too.
         if not any(value == c and type(value) is type(c) for c in spec.choices):
             valid = spec.hint or ", ".join(str(c).lower() for c in spec.choices)
             raise ConfigError(f"{key}={value!r} is not a valid choice; choose one of: {valid}")

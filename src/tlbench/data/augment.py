@@ -1,7 +1,6 @@
 """Train augmentation for a whole uint8 batch on its device: RandomResizedCrop, flip, a policy, normalise.
-
-Every sample gets its own crop box and flip, drawn from one generator for the batch (the loader's, seeded
-per epoch), so there is no Python loop over samples and a resumed run draws what the uninterrupted one drew.
+Each sample's crop and flip come from the batch's generator (seeded per epoch): no Python loop, and a
+resumed run draws what the uninterrupted one drew.
 """
 
 from __future__ import annotations

@@ -102,8 +102,7 @@ class ImageDataModule(L.LightningDataModule):
         return self.train_crop_scale != (1.0, 1.0) or self.config.hflip or self.config.augment != "crop_flip"
 
     def prepare_data(self) -> None:
-        # Download once, before workers or ranks read; a module already set up (train.py, to size the head)
-        # has its data.
+        # Download once, before workers or ranks read; a module already set up (train.py) has its data.
         if self.config.source != "imagefolder" and self.data is None:
             self.load()
 
@@ -156,8 +155,7 @@ class ImageDataModule(L.LightningDataModule):
         self.save_record("folds.json", pool, folds=folds, fold=fold, fold_of_item=assignment)
 
     def choose_pipeline(self, data: SourceData) -> StreamingPipeline | MemoryPipeline:
-        """`auto`: memory when the decoded splits fit under data.memory_max_gb, else streaming; streaming
-        too for an augmentation policy without a GPU."""
+        """`auto`: memory when the decoded splits fit data.memory_max_gb, and a policy has a GPU."""
         if self.config.pipeline == "streaming":
             return StreamingPipeline(self.settings)
         memory = MemoryPipeline(self.settings)
@@ -215,8 +213,7 @@ class ImageDataModule(L.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
 
     def current_epoch(self) -> int:
-        """The epoch the next pass belongs to; training loaders ask at their first batch, after Lightning has
-        restored `current_epoch` from a checkpoint."""
+        """The epoch of the next pass, asked at its first batch (after Lightning restored a checkpoint's)."""
         return self.trainer.current_epoch if self.trainer is not None else 0
 
     def class_weights(self) -> list[float] | None:

@@ -1,7 +1,5 @@
-"""Decode once: each image read, resized and cropped a single time into uint8, optionally cached on disk.
-
-Streaming decodes every image every epoch and the CPU sets the pace (two workers feed ~800 images/s; an
-H100 trains on 10,000+). This pass is also the bad-image check: an undecodable file is listed, not raised.
+"""Decode once into uint8, optionally cached on disk: streaming decodes every image every epoch and the CPU
+sets the pace (~800 images/s; an H100 trains on 10,000+). Also the bad-image check: a bad file is listed.
 """
 
 from __future__ import annotations
@@ -28,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def image_sizes(paths: Sequence[str | Path]) -> set[tuple[int, int]]:
-    """The distinct (width, height) of the images as a viewer shows them (EXIF applied), from headers only;
-    an unreadable header is left out here, for decoding to report."""
+    """The distinct (width, height) of the images as shown (EXIF), from headers; unreadable ones left out."""
     sizes = set()
     for path in paths:
         try:
@@ -72,8 +69,7 @@ def cache_file(cache_dir: str | Path, items: Sequence, tag: str, kind: str) -> P
 
 
 def load_cached(path: Path, fingerprint: str) -> dict | None:
-    """The payload at `path` if readable and made from files with this fingerprint; a file cut short is
-    rebuilt with a warning: a cache is never the reason a run fails."""
+    """The payload at `path` if readable and of this fingerprint; else None (a cache never fails a run)."""
     if not path.exists():
         return None
     try:
@@ -85,8 +81,7 @@ def load_cached(path: Path, fingerprint: str) -> dict | None:
 
 
 def save_cached(path: Path, payload: dict) -> None:
-    """Atomic; a failure to write (a read-only or full disk: RuntimeError from torch.save) leaves the run
-    going without the cache."""
+    """Atomic; a failed write (torch.save raises RuntimeError on a full disk) leaves the run going."""
     try:
         write_atomic(path, lambda handle: torch.save(payload, handle))
     except (OSError, RuntimeError) as error:

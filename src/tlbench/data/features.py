@@ -2,10 +2,9 @@
 
 With strategy=freeze and bn=eval the trunk is a fixed function, so `FeaturePipeline` embeds the training
 images once per epoch (one fresh augmented view each, in big batches) and validation images once, and
-serves (features, label) batches; the LightningModule sends a 2-D batch through the head alone, so
-everything else is as in any other run. Test batches are images through the whole network: what is
-reported is what a checkpoint reloads. The trunk embeds in eval mode, so its dropout or stochastic depth
-is off; otherwise the head is the same, weight for weight (tests/test_features.py).
+serves (features, label) batches, which the LightningModule sends through the head alone. Test batches are
+images through the whole network, as a checkpoint reloads it. The trunk embeds in eval mode (no dropout or
+stochastic depth); otherwise the head is the same, weight for weight (tests/test_features.py).
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ Embed = Callable[[torch.Tensor], torch.Tensor]
 
 
 class FeatureLoader:
-    """(features, labels) batches of one split; the features are recomputed when a new epoch needs a new
-    view (train with augmentation), else kept."""
+    """(features, labels) batches of one split; embedded again when an epoch needs a new view."""
 
     def __init__(
         self,
@@ -46,8 +44,7 @@ class FeatureLoader:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # A generator: nothing is embedded until the first batch is asked for (Lightning calls iter() once
-        # just to check that a loader is iterable).
+        # A generator: nothing is embedded before the first batch (Lightning calls iter() just to check).
         epoch = self.epoch_of()
         if self.features is None or (self.new_view_each_epoch and epoch != self.epoch):
             self.features = torch.cat([self.embed(x) for x, _ in self.images()])

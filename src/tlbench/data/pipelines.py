@@ -5,8 +5,7 @@
                      each batch augmented there (decode.py, augment.py)
   FeaturePipeline    (features.py) wraps either for strategy=freeze: the frozen trunk's features
 
-Each `load`s the splits, leaving out the unreadable images it finds, and hands out loaders whose batches
-are ready for the network: nothing downstream needs to know which pipeline made them.
+Each `load`s the splits, leaving out unreadable images, and hands out loaders of network-ready batches.
 """
 
 from __future__ import annotations
@@ -154,8 +153,7 @@ def split_image_sizes(split: LabelledItems, read: Callable) -> set[tuple[int, in
 
 
 def decode_plan(name: str, sizes: set[tuple[int, int]], preset: Preset) -> DecodePlan:
-    """Train images keep room for RandomResizedCrop (native size, at most resize_size); eval images end
-    as the Resize + CenterCrop the network sees."""
+    """Train images keep room for RandomResizedCrop; eval images end as the network sees them."""
     native = min(next(iter(sizes))) if len(sizes) == 1 else None
     small = native is not None and native <= preset.resize_size
     if name == "train":

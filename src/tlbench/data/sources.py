@@ -56,8 +56,7 @@ class SourceData:
     classes: list[str]
     splits: dict[str, LabelledItems]
     read: Callable[[object], Image.Image]
-    # Which split the test metrics are measured on (TEST_OWN, TEST_IS_VAL, TEST_CARVED), so results say
-    # what "test" means.
+    # What the test metrics are measured on (TEST_OWN, TEST_IS_VAL, TEST_CARVED), as results say.
     test_split: str = TEST_OWN
     notes: list[str] = field(default_factory=list)
 
@@ -118,8 +117,7 @@ def stratified_indices(split: LabelledItems, fraction: float, seed: int) -> tupl
 
 
 def carve_test_split(data: SourceData, fraction: float | None, seed: int) -> None:
-    """data.test_fraction: a source with no test split gets a seeded, stratified one carved from train
-    (after validation is split off), so the checkpoint is never chosen on the images it is tested on."""
+    """data.test_fraction: a seeded, stratified test split carved from train, for a source with none."""
     if fraction is None:
         return
     if data.test_split != TEST_IS_VAL:
@@ -326,7 +324,7 @@ def per_class_subset(split: LabelledItems, per_class: int, seed: int) -> list[in
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
     chosen = [rng.permutation(np.flatnonzero(targets == label))[:per_class] for label in np.unique(targets)]
-    return sorted(np.concatenate(chosen).tolist())
+    return sorted(int(i) for members in chosen for i in members)
 
 
 def find_bad_files(paths: Sequence[str], workers: int) -> dict[str, str]:

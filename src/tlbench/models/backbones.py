@@ -185,8 +185,7 @@ def build_backbone(
 
 
 def build_imagenet_classifier(name: str, weights: str | None = "DEFAULT") -> tuple[Backbone, list[str]]:
-    """The pretrained network with its own ImageNet classifier as `head` (the published model's outputs),
-    and the class names from the weights' metadata: zero-shot prediction, with stages like any backbone."""
+    """The pretrained network with its own ImageNet classifier as `head`, and the weights' class names."""
     if not weights:
         raise ValueError(f"zero-shot prediction needs pretrained weights; {name} with weights=null has none")
     preset = get_preset(name, weights)

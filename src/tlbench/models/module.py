@@ -55,8 +55,7 @@ def binary_metrics() -> MetricCollection:
 
 
 def decide(probabilities: torch.Tensor, threshold: float | None, positive_class: int = 1) -> torch.Tensor:
-    """The predicted class of each row: the most probable one, or for two classes with a decision threshold,
-    the positive class where its probability is at least the threshold."""
+    """Each row's class: the most probable, or (two classes) positive where its probability ≥ `threshold`."""
     if threshold is None or probabilities.shape[1] != 2:
         return probabilities.argmax(dim=1)
     positive = probabilities[:, positive_class] >= threshold
@@ -119,8 +118,7 @@ class TransferModule(L.LightningModule):
 
         built = build_backbone(num_classes=num_classes, in_chans=in_chans, **backbone)
         self.net, self.stages, self.input_conv = built.net, built.stages, built.input_conv
-        # The preprocessing the data actually used (image_size may differ from the backbone's), so a
-        # reloaded checkpoint predicts on images exactly as it was trained.
+        # The preprocessing the data used (image_size may differ): a reloaded checkpoint predicts alike.
         self.preset = preset_from_dict(preset) if preset else built.preset
         self.trainable_stages: list[str] = []
         self.set_trainable_stages(self.trainable_stages_at(epoch=0))
@@ -132,8 +130,7 @@ class TransferModule(L.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.threshold_rule = check_threshold_rule(threshold_rule)
-        # Two classes: the decision threshold on the positive class probability, chosen on validation
-        # (on_validation_epoch_end) and saved in the checkpoint's hyper-parameters.
+        # Two classes: the positive class's decision threshold, chosen on validation, saved in checkpoints.
         self.threshold = threshold
         if self.threshold is None and not isinstance(self.threshold_rule, str) and num_classes == 2:
             self.threshold = self.threshold_rule
@@ -226,8 +223,7 @@ class TransferModule(L.LightningModule):
         x = self.prepare_images(images)
         logits = self.graphed(x) if self.graphed is not None else self(x)
         loss = self.training_loss(logits, targets)
-        # A blended image (mixup / cutmix) counts as the class with the larger share of it: accuracy needs
-        # one class per image, and that is the one most of the image shows.
+        # A blended image (mixup / cutmix) counts as the class with the larger share of it.
         self.train_acc(logits, targets.argmax(dim=1) if targets.ndim == 2 else targets)
         # On a GPU a per-step value in the progress bar is a host sync every step: epoch means only there.
         cpu = self.device.type == "cpu"

@@ -20,8 +20,8 @@ def parameter_groups(
     include: Sequence[str],
     extra: Sequence[str] = (),
 ) -> list[dict]:
-    """One optimizer group per (stage, decays?) for the stages in `include`, named by its stage. 1-D tensors
-    (norm weights, biases) get no weight decay: shrinking a scale or shift towards 0 is not regularisation."""
+    """One optimizer group per (stage, decays?) in `include`. 1-D tensors (norm weights, biases) get no
+    weight decay: shrinking a scale or shift towards 0 is not regularisation."""
     groups: dict[tuple[str, bool], dict] = {}
     for name, param in net.named_parameters():
         stage = stage_of(name, stages)
@@ -50,8 +50,7 @@ def build_optimizer(groups: list[dict], optim: Mapping, fused: bool = False) -> 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, optim: Mapping, total_steps: int, steps_per_epoch: int
 ) -> dict | None:
-    """optim.scheduler as Lightning's scheduler dict, stepped every batch so warm-up works with a handful of
-    epochs."""
+    """optim.scheduler, stepped every batch so warm-up works with a handful of epochs."""
     name = optim["scheduler"]
     if name in (None, "none"):
         return None

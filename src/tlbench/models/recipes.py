@@ -3,7 +3,6 @@
 optim.mixup / optim.cutmix     blend pairs of training images and their labels (v2.MixUp / v2.CutMix)
 optim.ema                      evaluate and checkpoint an exponential moving average of the weights
 trainer.early_stopping_patience  stop when the monitored validation metric stops improving
-
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ class RecipeError(ValueError):
 
 # ------------------------------------------------------------------------------------------- mixup / cutmix
 def batch_mixing(mixup: Any, cutmix: Any, num_classes: int) -> T.Transform | None:
-    """The transform that mixes a training batch (None when both Beta alphas are 0); with both set, each
-    batch is mixed by one of the two at random, as in timm."""
+    """The transform that mixes a training batch (None when both are 0); both set: one at random, as timm."""
     mixers = []
     if mixup > 0:
         mixers.append(T.MixUp(alpha=float(mixup), num_classes=num_classes))
@@ -58,8 +56,7 @@ def ema_callback(decay: Any) -> EvaluatedEMA | None:
 
 # ------------------------------------------------------------------------------------------ early stopping
 def early_stopping(monitor: str, mode: str, patience: Any) -> EarlyStopping | None:
-    """trainer.early_stopping_patience: validation epochs without improvement of `trainer.monitor` before
-    training stops (null = off). The best checkpoint is still the one tested."""
+    """trainer.early_stopping_patience: epochs without a better `trainer.monitor` (null = off)."""
     if patience is None:
         return None
     return EarlyStopping(monitor=monitor, mode=mode, patience=patience)

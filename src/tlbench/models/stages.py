@@ -40,8 +40,7 @@ def is_frozen(module: nn.Module) -> bool | None:
 
 
 def set_batchnorm_modes(net: nn.Module, policy: str) -> None:
-    """Trainable BatchNorm in train mode; frozen BatchNorm in eval under policy `eval`. Both directions: a
-    stage unfrozen mid-run must leave the eval mode it had while frozen."""
+    """Trainable BatchNorm in train mode, frozen in eval under policy `eval` (both ways: stages unfreeze)."""
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             frozen = is_frozen(module)
@@ -67,8 +66,7 @@ class TrainableStageSchedule(L.Callback):
         if not trainer.fast_dev_run:
             pl_module.strategy.check_epochs(trainer.max_epochs)
 
-    # In both hooks `current_epoch` is the epoch about to train, also in a resumed run: Lightning sets it
-    # from the checkpoint's progress before `on_train_start`.
+    # `current_epoch` is the epoch about to train, in a resumed run too (set before `on_train_start`).
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self.follow_schedule(trainer.current_epoch, pl_module)
 

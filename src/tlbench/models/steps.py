@@ -3,10 +3,8 @@
 At batch 64 an eager ResNet-18 step spends longer launching kernels than running them (benchmarks/RESULTS.md:
 0.40 of the compute ceiling eager, 0.78 as a graph). Forward and backward are captured once per batch shape
 (`torch.cuda.make_graphed_callables`) and replayed; the optimizer step and all else stay Lightning's. Eager
-is the default until `make gpu-check` (docs/GPU.md) shows a replay gives eager's gradients, faster.
-
-A graph holds for one batch shape, trainable set and train/eval state: the last, smaller batch runs eagerly,
-and gradual unfreezing drops the graphs (`reset`).
+is the default until `make gpu-check` (docs/GPU.md) shows a replay gives eager's gradients, faster. A graph
+holds for one batch shape, trainable set and train/eval state: other batches run eagerly; unfreezing `reset`s.
 """
 
 from __future__ import annotations
@@ -21,8 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_cuda_graph(choice, trainer) -> bool:
-    """`auto`: on for single-device CUDA training in bf16 or fp32, where a replay beats eager launches;
-    `true` where it cannot work says why."""
+    """`auto`: on for single-device CUDA in bf16 or fp32; `true` where it cannot work says why."""
     if choice is False:
         return False
     problems, device = [], trainer.strategy.root_device.type
@@ -87,8 +84,7 @@ class GraphedForwardBackward:
             return self.graphed(x)
 
     def capture(self, x: torch.Tensor, key: tuple) -> None:
-        # The capture's warm-up passes would move BatchNorm's running statistics three extra times: restore
-        # them in place, so the graph keeps pointing at the same buffers.
+        # Capture's warm-up passes move BatchNorm's statistics: restore them in place (the graph's buffers).
         buffers = [(b, b.clone()) for b in self.net.buffers()]
         try:
             self.graphed = torch.cuda.make_graphed_callables(

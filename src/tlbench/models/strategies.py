@@ -1,7 +1,6 @@
 """Transfer strategies: which stages of a backbone train each epoch, how fast, and what frozen BatchNorm does.
 
-A strategy is one `Strategy` value (`Strategy.from_config`), in the backbone's stage names (stem → … → head);
-no other code branches on a strategy's name. Each is one row of `STRATEGIES`: its schedule, from its config.
+One `Strategy` value (`Strategy.from_config`) in stage names (stem → … → head), from a row of `STRATEGIES`.
 
   freeze   a linear probe for good: the head only             (feature extraction)
   partial  the last K stages + head, or a named list such as [layer3, layer4]
@@ -9,8 +8,8 @@ no other code branches on a strategy's name. Each is one row of `STRATEGIES`: it
   lpft     a linear probe for `lp_epochs` epochs, then every stage (Kumar et al., 2022)
   full     every stage
 
-Which stages train is a function of the epoch alone (`Strategy.stages_at`), so a resumed run trains what
-the uninterrupted run trained. No torch here: the report reads the table too.
+Which stages train is a function of the epoch alone, so a resumed run trains what the uninterrupted run
+did. No other code branches on a strategy's name; no torch here: the report reads the table too.
 """
 
 from __future__ import annotations
@@ -61,8 +60,7 @@ def _conf_file(group: str, name: str) -> dict:
 
 
 def with_conf_defaults(group: str, values: Mapping) -> dict:
-    """`values` over conf/<group>/<values.name>.yaml, for a module built from Python or from a checkpoint's
-    partial hyper-parameters."""
+    """`values` over conf/<group>/<values.name>.yaml (a module built from Python or an old checkpoint)."""
     defaults = _conf_file(group, values["name"])
     unknown = sorted(set(values) - set(defaults))
     if unknown:
@@ -151,8 +149,7 @@ class Strategy:
         return {**rates, HEAD: self.head_lr}
 
     def caches_features(self, mixes_images: bool) -> bool:
-        """Cached features equal end-to-end training only for a fixed trunk (freeze, bn=eval) and unblended
-        images: `auto` caches exactly then; `true` elsewhere is refused with the reason."""
+        """`auto` caches exactly where it equals end-to-end training: a fixed trunk, unblended images."""
         fixed_trunk = self.probe_epochs == FOREVER and self.bn == "eval"
         if self.cache_features is True and not fixed_trunk:
             raise StrategyError(

@@ -20,8 +20,7 @@ PROC_STATUS = Path("/proc/self/status")
 
 
 class RunCost(L.Callback):
-    """Train images per second and peak memory of a fit. Train time is the fit's wall time less validation:
-    loading, decoding and embedding batches counts."""
+    """Train images per second (wall time less validation) and peak memory of a fit."""
 
     def __init__(self) -> None:
         self.train_images = 0

@@ -78,8 +78,7 @@ def _close_inherited_locks() -> None:
 
 
 def try_lock(path: Path, mode: str = "a") -> IO | None:
-    """An open handle holding an exclusive flock on `path` until closed or this process ends (forked
-    children do not keep it), or None when another process holds it."""
+    """A handle holding an exclusive flock on `path` (not kept by forked children), or None if taken."""
     import fcntl  # POSIX only
 
     handle = path.open(mode)
@@ -230,8 +229,7 @@ def refuse_changed_settings(run_dir: str | Path, old: Mapping, new: Mapping, ign
 
 # --- force=true: move the previous run aside -----------------------------------------------------------
 def move_aside(run_dir: str | Path) -> Path | None:
-    """Move an earlier run's outputs into <run_dir>/replaced/<time>/ (returned; None if nothing), so
-    force=true starts afresh without losing a finished result to a mistake."""
+    """force=true: move an earlier run's outputs into <run_dir>/replaced/<time>/ (returned), never delete."""
     run_dir = Path(run_dir)
     old = [p for p in run_dir.iterdir() if p.name not in KEPT_ON_REPLACE and p.suffix != ".log"]
     if not old:
@@ -249,8 +247,7 @@ def move_aside(run_dir: str | Path) -> Path | None:
 
 # --- folders that cannot be written ---------------------------------------------------------------------
 def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
-    """RunFolderError when `folder` could not be created or written, checked by writing a file: permissions
-    alone do not tell (root, ACLs, read-only mounts)."""
+    """RunFolderError unless a file can be written there (permissions alone do not tell: root, ACLs)."""
     folder = Path(folder)
     existing = folder
     while not existing.exists() and existing != existing.parent:

@@ -51,8 +51,7 @@ _gpu_lock: IO | None = None
 
 
 def job_dirname(override_dirname: str) -> str:
-    """A run folder's name from its overrides, as one path component (`/` → `_`); a very long name keeps its
-    first part plus a hash of the whole, so different overrides never share a folder."""
+    """A run folder's name from its overrides, one path component; a long one is cut and hashed (distinct)."""
     name = override_dirname.replace(os.sep, "_") or "defaults"
     if len(name.encode()) <= MAX_DIRNAME:
         return name
@@ -209,8 +208,7 @@ def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> rep
 
 
 def planned_job_dirs(hydra_cfg: DictConfig) -> list[Path]:
-    """Every job folder a basic sweep will have, from its multirun.yaml as Hydra's BasicSweeper names them;
-    empty for sweepers that choose as they go (Optuna) and for a hydra.sweep.subdir other than tlbench's."""
+    """A basic sweep's job folders, from multirun.yaml as BasicSweeper names them (else empty: Optuna)."""
     from hydra._internal.config_loader_impl import get_overrides_dirname
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -275,8 +273,7 @@ def missing_plugins() -> Iterator[tuple[str, str, str, str]]:
 
 
 def register_with_hydra() -> None:
-    """Resolvers used in conf/, and a stand-in for each missing optional plugin, so the error names the
-    package to install, not only "Could not find 'hydra/launcher/joblib'"."""
+    """Resolvers used in conf/, and a stand-in naming the package to install for each missing plugin."""
     if not OmegaConf.has_resolver("tlbench.dirname"):
         OmegaConf.register_new_resolver("tlbench.dirname", job_dirname)
     if not OmegaConf.has_resolver("tlbench.gpu_count"):

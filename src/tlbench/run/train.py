@@ -246,8 +246,7 @@ def run(overrides: list[str] | None = None, run_dir: str | Path | None = None) -
 
 
 def preflight(cfg: DictConfig, run_dir: Path) -> None:
-    """Cheap checks of what would otherwise fail late (after training, or after force=true has moved the
-    previous run aside): config values, and that the run folder, its checkpoints and logs can be written."""
+    """Cheap checks of what would fail late (after training, or force=true's move): config, folders."""
     check_config(cfg)
     for path in (run_dir, run_dir / folder.CHECKPOINT_DIR, run_dir / LOG_FOLDERS.get(cfg.logger.name, "")):
         folder.check_writable(path)
