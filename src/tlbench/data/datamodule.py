@@ -54,7 +54,6 @@ def default_cache_dir(cache_dir: str | None) -> str | None:
     return os.environ.get("TLBENCH_CACHE_DIR") or str(Path("~/.cache/tlbench").expanduser())
 
 
-# ---------------------------------------------------------------------------------------------- the module
 class ImageDataModule(L.LightningDataModule):
     """Train / val / test loaders for one source, sized and normalised for one backbone's preset."""
 
@@ -141,8 +140,7 @@ class ImageDataModule(L.LightningDataModule):
         log.info("data pipeline: %s", self.pipeline.name)
 
     def cross_validate(self, data: SourceData) -> None:
-        """data.folds=K: train and val pooled into K folds; fold data.fold validates (and stands in for a
-        missing test split), the rest train."""
+        """data.folds=K: train+val in K folds; fold data.fold validates (and tests if none), others train."""
         pool, folds, fold = cross_validation_pool(data), self.config.folds, self.config.fold
         assignment = fold_of_each(pool, folds, self.seed)
         data.splits["train"], data.splits["val"] = split_by_fold(pool, assignment, fold)

@@ -1,10 +1,8 @@
-"""strategy=freeze without running the frozen trunk every step: a mode of the data side.
-
-With strategy=freeze and bn=eval the trunk is a fixed function, so `FeaturePipeline` embeds the training
-images once per epoch (one fresh augmented view each, in big batches) and validation images once, and
-serves (features, label) batches, which the LightningModule sends through the head alone. Test batches are
-images through the whole network, as a checkpoint reloads it. The trunk embeds in eval mode (no dropout or
-stochastic depth); otherwise the head is the same, weight for weight (tests/test_features.py).
+"""strategy=freeze without running the frozen trunk every step: with bn=eval the trunk is a fixed function,
+so `FeaturePipeline` embeds training images once per epoch (a fresh augmented view each, in big batches) and
+validation images once, serving (features, label) batches the module sends through the head alone. Test
+batches go through the whole network, as a checkpoint reloads it. The trunk embeds in eval mode (no dropout
+or stochastic depth); otherwise the head is the same, weight for weight (tests/test_features.py).
 """
 
 from __future__ import annotations

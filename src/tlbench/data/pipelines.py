@@ -1,10 +1,8 @@
 """How a split's images reach the network: one object per way of feeding batches.
 
   StreamingPipeline  a DataLoader decodes and transforms every image on the CPU, every epoch: any size
-  MemoryPipeline     every image decoded once into uint8 (cached on disk), held on the trainer's device,
-                     each batch augmented there (decode.py, augment.py)
+  MemoryPipeline     each image decoded once to uint8 (cached on disk), held and augmented on the device
   FeaturePipeline    (features.py) wraps either for strategy=freeze: the frozen trunk's features
-
 Each `load`s the splits, leaving out unreadable images, and hands out loaders of network-ready batches.
 """
 
@@ -57,7 +55,6 @@ def drop_items(data: SourceData, bad: dict[str, str]) -> None:
         data.splits[name] = split.select([i for i, item in enumerate(split.items) if item not in bad])
 
 
-# ----------------------------------------------------------------------------------------------- streaming
 class ImageListDataset(Dataset):
     """Images of one split through a transform. An `(index, seed)` (EpochSamples) makes the transform draw
     from that seed alone, in whichever worker, so a resumed epoch sees the uninterrupted run's crops."""
@@ -132,7 +129,6 @@ class StreamingPipeline:
         )
 
 
-# -------------------------------------------------------------------------------------------------- memory
 @dataclass(frozen=True)
 class DecodePlan:
     """How one split is decoded: shorter side resized to `size`, centre-cropped to `crop`."""

@@ -58,8 +58,7 @@ def interpolation_mode(name: str) -> InterpolationMode:
 
 
 def resize_center_crop(resize_size: int, crop_size: int, interpolation: str = "bilinear") -> T.Compose:
-    """The eval geometry, for a PIL image and a uint8 batch on a device alike. On tensors, bilinear matches
-    PIL to ±1 grey level; bicubic uses a = -0.75 where PIL uses -0.5."""
+    """Eval geometry for PIL images and device uint8 batches; bicubic: a=-0.75 on tensors, -0.5 in PIL."""
     resize = T.Resize(resize_size, interpolation=interpolation_mode(interpolation), antialias=True)
     return T.Compose([resize, T.CenterCrop(crop_size)])
 

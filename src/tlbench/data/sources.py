@@ -61,7 +61,6 @@ class SourceData:
     notes: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------------------------- sources
 def list_class_folder(folder: Path) -> tuple[list[str], dict[str, list[Path]]]:
     """Class name → its image files, for one split folder laid out as <folder>/<class>/<image>."""
     if not folder.is_dir():
@@ -318,7 +317,6 @@ def load_source(
     return fashion_mnist_source(root, val_fraction, seed, in_chans, download)
 
 
-# ---------------------------------------------------------------------------------------- subsets, files
 def per_class_subset(split: LabelledItems, per_class: int, seed: int) -> list[int]:
     """Seeded: exactly `per_class` indices of each class (or all a class has), sorted."""
     rng = np.random.default_rng(seed)
