@@ -1,7 +1,6 @@
 """Train augmentation for a whole uint8 batch on its device: RandomResizedCrop, flip, a policy, normalise.
 Each sample's crop and flip come from the batch's generator (seeded per epoch): no Python loop, and a
-resumed run draws what the uninterrupted one drew.
-"""
+resumed run draws what the uninterrupted one drew."""
 
 from __future__ import annotations
 
@@ -73,8 +72,7 @@ def resized_crop(
     """Crop each image to its box (top, left, h, w), resize it to size×size (float32), mirror where `flip`.
 
     Bilinear equals torchvision's resized_crop(antialias=False); bicubic differs only next to the crop's
-    edge. No antialiasing: images stored at the preset's resize_size shrink by at most 256/224.
-    """
+    edge. No antialiasing: images stored at the preset's resize_size shrink by at most 256/224."""
     n, chans, height, width = images.shape
     top, left, h, w = boxes.to(images.device, torch.float32).unbind(1)
     clamp = interpolation != "bicubic"
@@ -128,8 +126,7 @@ class GpuAugment:
 
     `policy` (data.augment: TrivialAugmentWide or RandAugment) runs on each cropped image by itself — a v2
     policy given a batch would apply one operation to all of it — with torch's RNG seeded from the batch's
-    generator, so it is as reproducible as the crops.
-    """
+    generator, so it is as reproducible as the crops."""
 
     def __init__(
         self,

@@ -1,7 +1,6 @@
 """The data side of an experiment: `ImageDataModule` takes a source's splits (sources.py), re-splits them
 into k folds and per-class subsets where asked, and hands them to one pipeline (pipelines.py, features.py)
-that leaves out unreadable files and serves batches. Preprocessing comes from the backbone's preset alone.
-"""
+that leaves out unreadable files and serves batches. Preprocessing comes from the backbone's preset alone."""
 
 from __future__ import annotations
 

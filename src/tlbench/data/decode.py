@@ -1,6 +1,5 @@
 """Decode once into uint8, optionally cached on disk: streaming decodes every image every epoch and the CPU
-sets the pace (~800 images/s; an H100 trains on 10,000+). Also the bad-image check: a bad file is listed.
-"""
+sets the pace (~800 images/s; an H100 trains on 10,000+). Also the bad-image check: a bad file is listed."""
 
 from __future__ import annotations
 
@@ -109,8 +108,7 @@ def decode_to_uint8(
     Resize(size) then CenterCrop(crop_size, default `size`): train images keep `size` so RandomResizedCrop has
     pixels to choose from; eval images get their final crop. `read`: item → PIL image (default: read_image on
     a path). With `cache_dir` (file paths only) the result is cached, keyed by the file list and settings, and
-    decoded again when any file's size or modification time changes.
-    """
+    decoded again when any file's size or modification time changes."""
     read = read or (lambda path: read_image(path, in_chans))
     crop_size = size if crop_size is None else crop_size
     tag = f"v{_CACHE_FORMAT}|{size}|{crop_size}|{in_chans}|{interpolation}"

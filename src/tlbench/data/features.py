@@ -2,8 +2,7 @@
 so `FeaturePipeline` embeds training images once per epoch (a fresh augmented view each, in big batches) and
 validation images once, serving (features, label) batches the module sends through the head alone. Test
 batches go through the whole network, as a checkpoint reloads it. The trunk embeds in eval mode (no dropout
-or stochastic depth); otherwise the head is the same, weight for weight (tests/test_features.py).
-"""
+or stochastic depth); otherwise the head is the same, weight for weight (tests/test_features.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Reading one image the way a pretrained network expects it, whatever the file holds: datasets mix palette
 GIFs, RGBA PNGs, CMYK JPEGs and 16-bit scans, on which `Normalize` fails (the seed README's RGBA bug), so
-`read_image` hands on only 8-bit "RGB" or "L", turned as a viewer shows it (EXIF).
-"""
+`read_image` hands on only 8-bit "RGB" or "L", turned as a viewer shows it (EXIF)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
   StreamingPipeline  a DataLoader decodes and transforms every image on the CPU, every epoch: any size
   MemoryPipeline     each image decoded once to uint8 (cached on disk), held and augmented on the device
   FeaturePipeline    (features.py) wraps either for strategy=freeze: the frozen trunk's features
-Each `load`s the splits, leaving out unreadable images, and hands out loaders of network-ready batches.
-"""
+Each `load`s the splits, leaving out unreadable images, and hands out loaders of network-ready batches."""
 
 from __future__ import annotations
 

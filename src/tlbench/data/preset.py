@@ -2,8 +2,7 @@
 
 A `Preset` is read once from the weights' metadata (models/backbones.get_preset) and is the only source of
 mean/std, sizes and interpolation wherever an image is prepared. Only torch and torchvision here, so
-serving a checkpoint imports this without the data pipelines or timm.
-"""
+serving a checkpoint imports this without the data pipelines or timm."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Where images come from: a folder of class folders, or a torchvision dataset (CIFAR-10, Fashion-MNIST).
 
 Each gives the class names, labelled items per split and a reader from item to PIL image; which items a run
-uses (k folds, per-class subsets, unreadable files dropped) is chosen here too, before any training.
-"""
+uses (k folds, per-class subsets, unreadable files dropped) is chosen here too, before any training."""
 
 from __future__ import annotations
 
