@@ -1,6 +1,5 @@
 """A pretrained network adapted to a new task: classifier removed, first conv folded for grayscale, and its
-parameters named in stages from stem to head (each parameter in exactly one), so strategies never
-special-case an architecture."""
+parameters named in stages stem to head (each in exactly one), so strategies never special-case a network."""
 
 from __future__ import annotations
 

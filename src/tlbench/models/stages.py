@@ -58,8 +58,7 @@ class TrainableStageSchedule(L.Callback):
     """Before every epoch, and when training (re)starts, the module trains the stages its strategy names for
     that epoch: a resumed run is built with epoch 0's stages, and Lightning skips `on_train_epoch_start` for
     an epoch it resumes mid-way. Every stage's optimizer group exists from the start (a checkpoint's optimizer
-    state always fits); a frozen stage has no gradient, so the optimizer skips it.
-    """
+    state always fits); a frozen stage has no gradient, so the optimizer skips it."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
         # fast_dev_run is a smoke test of the code path (one batch), not a schedule: never refused.

@@ -4,8 +4,7 @@ At batch 64 an eager ResNet-18 step spends longer launching kernels than running
 0.40 of the compute ceiling eager, 0.78 as a graph). Forward and backward are captured once per batch shape
 (`torch.cuda.make_graphed_callables`) and replayed; the optimizer step and all else stay Lightning's. Eager
 is the default until `make gpu-check` (docs/GPU.md) shows a replay gives eager's gradients, faster. A graph
-holds for one batch shape, trainable set and train/eval state: other batches run eagerly; unfreezing `reset`s.
-"""
+holds for one batch shape, trainable set, train/eval state: other batches run eagerly; unfreezing `reset`s."""
 
 from __future__ import annotations
 

@@ -1,16 +1,13 @@
 """Transfer strategies: which stages of a backbone train each epoch, how fast, and what frozen BatchNorm does.
+One `Strategy` value (`Strategy.from_config`) in stage names (stem → … → head), from a row of `STRATEGIES`:
 
-One `Strategy` value (`Strategy.from_config`) in stage names (stem → … → head), from a row of `STRATEGIES`.
-
-  freeze   a linear probe for good: the head only             (feature extraction)
+  freeze   a linear probe for good: the head only (feature extraction)
   partial  the last K stages + head, or a named list such as [layer3, layer4]
   gradual  head (+ train_stages) first, then one more stage from the top every `unfreeze_every` epochs
   lpft     a linear probe for `lp_epochs` epochs, then every stage (Kumar et al., 2022)
   full     every stage
-
-Which stages train is a function of the epoch alone, so a resumed run trains what the uninterrupted run
-did. No other code branches on a strategy's name; no torch here: the report reads the table too.
-"""
+Which stages train is a function of the epoch alone, so a resumed run trains what the uninterrupted run did.
+No other code branches on a strategy's name; no torch here: the report reads the table too."""
 
 from __future__ import annotations
 
