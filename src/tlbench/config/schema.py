@@ -1,12 +1,10 @@
 """Every config key, once: its type, its allowed values or range, and the one-line message when it is wrong.
-
 One frozen dataclass per group, all in `RunConfig`; `parse` reads each field's type and `rule(...)`, refuses
 a wrong key in one line and returns the typed config, which the modules below the entry point trust.
 
 Why not Hydra's structured configs alone: OmegaConf's type errors are multi-line and it knows no ranges or
 choices (`data.val_fraction=1.5` passes); pydantic or hydra-zen would add a dependency. Defaults live only
-in conf/*.yaml: these dataclasses have none, and a key the YAML does not set is refused as missing.
-"""
+in conf/*.yaml: these dataclasses have none, and a key the YAML does not set is refused as missing."""
 
 from __future__ import annotations
 
@@ -18,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# ------------------------------------------------------------------------------------------ choice lists
 SOURCES = ("imagefolder", "cifar10", "fashion_mnist")
 PIPELINES = ("auto", "streaming", "memory")
 AUGMENTS = ("crop_flip", "trivialaugment", "randaugment")
@@ -92,7 +89,6 @@ BATCH_LIMIT = dict(
 )  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------ groups
 @dataclass(frozen=True)
 class DataConfig:
     source: str = rule(choices=SOURCES)
@@ -220,7 +216,6 @@ class RunConfig:
     logger: LoggerConfig
 
 
-# --------------------------------------------------------------------------------------------- validator
 def parse(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     """`values` (plain or OmegaConf) as the typed `cls`, or ConfigError for the first key that is wrong."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
