@@ -1,2 +1,1 @@
-"""Running: the training entry point, a run folder's life (claims, signals, resume), sweeps, the LR
-finder and per-run figures."""
+"""Running: the entry point, a run folder's life (claims, signals, resume), sweeps, LR finder, figures."""

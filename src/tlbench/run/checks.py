@@ -1,6 +1,5 @@
 """The whole config, checked once before anything runs (or is removed): one line naming the key and the fix.
-Beyond the schema: values that depend on each other, the files they name, the backbone's name and weights.
-"""
+Beyond the schema: values that depend on each other, the files they name, the backbone's name and weights."""
 
 from __future__ import annotations
 

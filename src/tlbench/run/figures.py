@@ -1,6 +1,5 @@
 """What a run's model sees and gets wrong, as PNGs in `<run>/figures/` and TensorBoard images: the test
-confusion matrix, the most confidently wrong test images, and a training batch as the network receives it.
-"""
+confusion matrix, the most confidently wrong test images, and a training batch as the network receives it."""
 
 from __future__ import annotations
 
@@ -124,8 +123,7 @@ def write_run_figures(
     `test_probs` (N, classes) and `test_labels` (N,) of every test image give the confusion matrix;
     `test_images` (M, C, H, W) are the rows `test_image_rows` of them (default 0..M-1): only the
     `max_images` most confidently wrong are drawn, so passing those is enough. `train_images` (B, C, H, W)
-    and optional `train_labels` give the training batch, de-normalised with `mean`/`std`.
-    """
+    and optional `train_labels` give the training batch, de-normalised with `mean`/`std`."""
     folder = Path(run_dir) / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     test_probs, test_labels = test_probs.detach().float().cpu(), test_labels.detach().long().cpu()

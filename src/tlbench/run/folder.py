@@ -1,6 +1,5 @@
 """A run folder's life beyond one training: its claim, run_config.json, force=true's moving aside, whether
-it can be written, and what a signal leaves behind. No torch or Lightning at import: the report uses it.
-"""
+it can be written, and what a signal leaves behind. No torch or Lightning at import: the report uses it."""
 
 from __future__ import annotations
 
@@ -63,7 +62,6 @@ def exit_status(signum: int) -> int:
     return 128 + signum
 
 
-# --- claims: one live process per run folder ------------------------------------------------------------
 # Lock handles this process holds. A forked child (a DataLoader worker) inherits them, and an flock lasts
 # until every copy is closed: a run killed with SIGKILL would stay claimed until its workers exited.
 _HELD_LOCKS: set[IO] = set()
@@ -127,7 +125,6 @@ def claimed(run_dir: str | Path) -> Iterator[None]:
         handle.close()
 
 
-# --- the settings a run was started with ---------------------------------------------------------------
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} → {"a.b": 1}: one entry per setting, named as on the command line."""
     flat: dict[str, Any] = {}
@@ -227,7 +224,6 @@ def refuse_changed_settings(run_dir: str | Path, old: Mapping, new: Mapping, ign
         )
 
 
-# --- force=true: move the previous run aside -----------------------------------------------------------
 def move_aside(run_dir: str | Path) -> Path | None:
     """force=true: move an earlier run's outputs into <run_dir>/replaced/<time>/ (returned), never delete."""
     run_dir = Path(run_dir)
@@ -245,7 +241,6 @@ def move_aside(run_dir: str | Path) -> Path | None:
     return target
 
 
-# --- folders that cannot be written ---------------------------------------------------------------------
 def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
     """RunFolderError unless a file can be written there (permissions alone do not tell: root, ACLs)."""
     folder = Path(folder)
@@ -267,14 +262,12 @@ def check_writable(folder: str | Path, key: str = "hydra.run.dir") -> None:
         ) from None
 
 
-# --- signals --------------------------------------------------------------------------------------------
 class SignalGuard:
     """For the life of one run: SIGTERM and SIGINT stop it with RunInterrupted, so main() can record it.
 
     During fit or test Lightning's SIGTERM handler is in front and stops at the next batch boundary, where
     weights and optimizer agree: the guard only notes the signal (and hands Ctrl-C on as a SIGTERM). A
-    second Ctrl-C stops at once.
-    """
+    second Ctrl-C stops at once."""
 
     HANDLED = (signal.SIGTERM, signal.SIGINT)
 

@@ -3,8 +3,7 @@
 glibc returns every freed block above its mmap threshold (≤ 32 MB) to the kernel and maps fresh zeroed pages
 for the next: with activation buffers of that size freed every step, page faults cost as much as the
 arithmetic (EfficientNet-Lite0 on 2 cores: 15-17 train images/s, 51-56 s system time an epoch). Keeping freed
-memory (as `MALLOC_MMAP_THRESHOLD_` does) gave 44 images/s; the heap keeps its high-water mark.
-"""
+memory (as `MALLOC_MMAP_THRESHOLD_` does) gave 44 images/s; the heap keeps its high-water mark."""
 
 from __future__ import annotations
 

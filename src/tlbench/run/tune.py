@@ -1,9 +1,7 @@
 """The learning-rate range test (`python -m tlbench.train ... tune.lr_find=true`), per-stage groups kept.
-
 Lightning's `lr_find` sets *every* parameter group to the swept rate, erasing the strategy's head_lr :
 backbone_lr ratio (and layer_decay): here each group keeps its ratio to the swept head_lr. It trains the
-strategy's first phase, restores the weights, and writes lr_find.json and lr_find.png, no results.json.
-"""
+strategy's first phase, restores the weights, and writes lr_find.json and lr_find.png, no results.json."""
 
 from __future__ import annotations
 
