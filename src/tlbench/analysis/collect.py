@@ -1,6 +1,5 @@
 """Which run folders lie below a folder and how each ended: running (a live claim), complete, interrupted
-(interrupted.txt), failed (error.txt) or missing (only Hydra's .hydra/: killed or timed out). None dropped.
-"""
+(interrupted.txt), failed (error.txt) or missing (only Hydra's .hydra/: killed or timed out). None dropped."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The Markdown the report writes: user strings (names, paths, error lines) escaped so they show as
-written, and tables."""
+"""The report's Markdown: tables, and user strings (names, paths, error lines) escaped to show as written."""
 
 from __future__ import annotations
 

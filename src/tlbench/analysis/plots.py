@@ -1,5 +1,4 @@
-"""The report's charts: accuracy per strategy, learning curves over data sizes, accuracy against cost,
-and reliability diagrams."""
+"""Report charts: accuracy per strategy, learning curves over data sizes, accuracy vs cost, reliability."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 Finds the runs (collect.py), works out what they say (summary.py) and writes, into that folder:
 results.csv (one row per run folder), summary.md / summary.json (the table, the verdicts, the crossings and
-the cost/accuracy Pareto table) and the charts of plots.py.
-"""
+the cost/accuracy Pareto table) and the charts of plots.py."""
 
 from __future__ import annotations
 

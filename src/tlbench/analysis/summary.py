@@ -1,8 +1,7 @@
 """What the runs say, computed once: one group per setting with mean ± std over its replicates, the verdict
 of each data × backbone × data size (verdict.py), where strategies cross, and what accuracy costs (a
 configuration is dominated when another on the same data and size is as good on every axis and better on
-one). report.py writes it down, plots.py draws it.
-"""
+one). report.py writes it down, plots.py draws it."""
 
 from __future__ import annotations
 
@@ -122,7 +121,6 @@ def summarize(runs: list[Run]) -> list[Group]:
     )
 
 
-# --------------------------------------------------------------------------------------------- formatting
 def decimals(key: str, value: float) -> int:
     if key in METRICS:
         return 4
@@ -167,7 +165,6 @@ def render_table(groups: list[Group]) -> str:
     return "\n".join(table(header, rows))
 
 
-# ---------------------------------------------------------------------- verdicts, crossings and frontier
 def samples_of(groups: list[Group], predictions: dict[Path, Predictions | None]) -> dict[tuple, dict]:
     """context -> strategy -> replicate -> verdict.Sample; a replicate run twice: the last folder counts."""
     samples: dict[tuple, dict[str, dict[Any, verdict.Sample]]] = {}

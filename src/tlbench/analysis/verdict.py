@@ -1,41 +1,31 @@
-"""Is one strategy better than another, or can the runs not tell? Paired comparisons, Holm-corrected, and
-one verdict line per data × backbone × data size. Pure statistics: summary.py reads the runs.
+"""Is one strategy better than another, or can the runs not tell? Paired comparisons, Holm-corrected, and one
+verdict line per data × backbone × data size. Pure statistics: summary.py reads the runs.
 
 **The paired bootstrap** (`compare`). Strategies A and B are paired by seed (under k-fold, by (seed, fold)):
-runs with the same seed share the training subset and the test split, so each test image i of a common seed
-s has a paired difference D[s, i] = score_A(i) − score_B(i) (score 1.0 when classified right, so the mean of
-D is the difference in accuracy). The observed difference is the mean over seeds of the per-seed mean of D.
-One bootstrap replicate draws S seeds with replacement from the S common seeds, then test images with
-replacement, the same draw for A and B (that is the pairing): *crossed* — every seed tested on the same
-images (a fixed test folder) — one draw of N images per replicate, shared by every drawn seed; *nested* — a
-seeded split per seed — a separate draw within each drawn seed; and averages D over them.
-
+runs with the same seed share the training subset and the test split, so each test image i of a common seed s
+has a paired difference D[s, i] = score_A(i) − score_B(i) (score 1.0 when classified right, so the mean of D
+is the difference in accuracy). The observed difference is the mean over seeds of the per-seed mean of D. One
+bootstrap replicate draws S seeds with replacement from the S common seeds, then test images with replacement,
+the same draw for A and B (that is the pairing): *crossed* — every seed tested on the same images (a fixed
+test folder) — one draw of N images per replicate, shared by every drawn seed; *nested* — a seeded split per
+seed — a separate draw within each drawn seed; and averages D over them.
 `N_BOOT` replicates (a fixed-seed generator: reproducible reports) give the 95% percentile interval and the
 two-sided p-value 2·min(P*(d ≤ 0), P*(d ≥ 0)), each share counted as (k + 1) / (B + 1): below 0.05 exactly
 when the interval excludes 0. N images drawn with replacement are drawn as multinomial counts over the
 distinct values of D: the same distribution, cheap because accuracy differences are −1, 0 or 1.
-
 **Without predictions files** (older runs): a paired t-test over the seeds' test accuracies
 (`scipy.stats.ttest_rel`) with its 95% interval.
-
 **Holm** (`holm`): within one group, the p-values of all pairs are adjusted by Holm's step-down method, which
 keeps the chance of any false "A beats B" in the group ≤ 5%. **The verdict** (`judge`): the best mean wins
 when separated (Holm p < 0.05) from every other; otherwise those not separated from it cannot be told apart.
-
-**Seeds to separate a tie** (`seeds_needed`): with s the between-seed SD of the per-seed differences and v
-the bootstrap variance from resampling the shared test images alone (crossed design only; 0 when nested,
-where s already holds it), taken not to shrink with more seeds (conservative), the smallest n with
-
-    t(0.975, n − 1) · sqrt(s² / n + v) < |d|
-
-would give a 95% interval that excludes 0 if d and the variances held. When 1.96 · sqrt(v) ≥ |d| no number
-of seeds does: the test set is too small.
-
-**Where strategies cross** (`crossing`): over data sizes n₁ < … < n_K, the last size where A − B has the
-other sign than at the largest, interpolated linearly in log(images per class) to the next size; the same on
-every bootstrap replicate (sizes are independent runs: replicate b of each size forms one curve) gives a
-95% interval.
-"""
+**Seeds to separate a tie** (`seeds_needed`): with s the between-seed SD of the per-seed differences and v the
+bootstrap variance from resampling the shared test images alone (crossed design only; 0 when nested, where s
+already holds it), taken not to shrink with more seeds (conservative), the smallest n with
+t(0.975, n − 1) · sqrt(s² / n + v) < |d| would give a 95% interval that excludes 0 if d and the variances
+held. When 1.96 · sqrt(v) ≥ |d| no number of seeds does: the test set is too small.
+**Where strategies cross** (`crossing`): over data sizes n₁ < … < n_K, the last size where A − B has the other
+sign than at the largest, interpolated linearly in log(images per class) to the next size; the same on every
+bootstrap replicate (sizes are independent runs: replicate b of each is one curve) gives a 95% interval."""
 
 from __future__ import annotations
 
