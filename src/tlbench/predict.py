@@ -1,5 +1,4 @@
-"""`python -m tlbench.predict`, and the Python API `load_model`, `load_zero_shot`, `predict` (the code is in
-tlbench.serve.predict)."""
+"""`python -m tlbench.predict`; the API `load_model`, `load_zero_shot`, `predict` (in serve/predict.py)."""
 
 import sys
 

@@ -1,5 +1,4 @@
-"""The files a run folder may hold, written atomically and read: `results.json`, written last, with status
-"complete" means the run finished."""
+"""A run folder's files, written atomically and read; `results.json` (written last) "complete": finished."""
 
 from __future__ import annotations
 

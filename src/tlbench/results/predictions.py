@@ -5,8 +5,7 @@ diagrams. `predictions.csv`, one row per test image in test-loader order:
     /data/hymenoptera/val/ants/10308379_1b6c72e180.jpg,ants,0.912,0.088
 
 `item`: the file path (or `<array>:<index>` for in-memory datasets); `label`: the true class; one softmax
-`prob_<class>` per class in the model's order. Strategies' files pair by `item`.
-"""
+`prob_<class>` per class in the model's order. Strategies' files pair by `item`."""
 
 from __future__ import annotations
 

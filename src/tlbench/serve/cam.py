@@ -1,6 +1,5 @@
 """Grad-CAM heat maps: which part of an image drove a prediction (the `grad-cam` package does the maths).
-The target: the last stage whose output is still a feature map, at its last module (resnet `layer4`).
-"""
+The target: the last stage whose output is still a feature map, at its last module (resnet `layer4`)."""
 
 from __future__ import annotations
 
