@@ -12,7 +12,7 @@ import pytest
 from conftest import data_config, make_image_folder, small
 from tlbench.analysis import report
 from tlbench.data.datamodule import ImageDataModule
-from tlbench.data.sources import DataError, LabelledItems, fold_of_each, kfold_split
+from tlbench.data.sources import DataError, LabelledItems, fold_of_each, split_by_fold
 from tlbench.models.backbones import Preset
 from tlbench.results.predictions import write_predictions
 from tlbench.run.checks import ConfigError, check_config
@@ -28,7 +28,7 @@ SPLIT = LabelledItems([f"img_{i:02d}" for i in range(22)], [0] * 10 + [1] * 7 + 
 def test_folds_are_disjoint_and_cover_the_data():
     vals = []
     for fold in range(3):
-        train, val = kfold_split(SPLIT, folds=3, fold=fold, seed=0)
+        train, val = split_by_fold(SPLIT, fold_of_each(SPLIT, 3, 0), fold)
         assert set(train.items).isdisjoint(val.items)
         assert sorted(train.items + val.items) == SPLIT.items
         vals.append(set(val.items))
@@ -67,7 +67,7 @@ def test_bad_fold_settings_say_which_key(image_folder, overrides, message):
 
 def test_more_folds_than_images_of_a_class_says_lower_folds():
     with pytest.raises(DataError, match=r"data.folds=6 needs at least 6 images of every class; .*has 5"):
-        kfold_split(SPLIT, folds=6, fold=0, seed=0)
+        split_by_fold(SPLIT, fold_of_each(SPLIT, 6, 0), 0)
 
 
 def test_datamodule_validates_on_its_fold_and_saves_the_folds(tmp_path: Path):

@@ -312,7 +312,3 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(analysis.groups), verdict_text(analysis), count_line(found), sep="\n\n")
     print(f"report: {summary}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

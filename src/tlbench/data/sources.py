@@ -150,13 +150,6 @@ def fold_of_each(split: LabelledItems, folds: int, seed: int) -> list[int]:
     return assignment.tolist()
 
 
-def kfold_split(
-    split: LabelledItems, folds: int, fold: int, seed: int
-) -> tuple[LabelledItems, LabelledItems]:
-    """(the other folds, fold `fold`) of a `folds`-way stratified, seeded partition of `split`."""
-    return split_by_fold(split, fold_of_each(split, folds, seed), fold)
-
-
 def split_by_fold(
     split: LabelledItems, assignment: list[int], fold: int
 ) -> tuple[LabelledItems, LabelledItems]:

@@ -361,7 +361,3 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | No
     if guard.received is not None:  # the signal came as the run was finishing: it finished; still stop
         raise folder.RunInterrupted(guard.received)
     return results.get("best_val") if results else None
-
-
-if __name__ == "__main__":
-    main()

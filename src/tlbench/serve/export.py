@@ -138,7 +138,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{args.format}: {model_file}\nserving metadata: {metadata_file}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -257,7 +257,3 @@ def print_predictions(
             ranked = prediction.ranked(model, top_k)
             tqdm.write(f"{prediction.path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked))
     return failed
-
-
-if __name__ == "__main__":
-    sys.exit(main())
