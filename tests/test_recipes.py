@@ -77,7 +77,7 @@ def test_an_unknown_policy_is_named_with_the_choices(generated, tmp_path):
 def test_mixing_makes_soft_targets_and_another_loss(mix, generated, tmp_path):
     cfg = compose_config(quick(generated, mix))
     datamodule = build_datamodule(check_config(cfg), tmp_path)
-    module = build_module(cfg, datamodule)
+    module = build_module(check_config(cfg), datamodule)
     images, targets = next(iter(datamodule.train_dataloader()))
     torch.manual_seed(1)
     mixed, soft = module.mixing(images, targets)
@@ -100,19 +100,19 @@ def test_mixup_and_cutmix_together_train_an_epoch(generated, tmp_path):
 
 def test_mixing_turns_off_the_feature_cache_it_cannot_use(generated, tmp_path):
     cfg = compose_config(quick(generated, "strategy=freeze", "optim.mixup=0.2"))
-    assert not build_module(cfg, build_datamodule(check_config(cfg), tmp_path)).caches_features
+    assert not build_module(check_config(cfg), build_datamodule(check_config(cfg), tmp_path)).caches_features
     forced = compose_config(
         quick(generated, "strategy=freeze", "optim.mixup=0.2", "strategy.cache_features=true")
     )
     with pytest.raises(ValueError, match="strategy.cache_features=false"):
-        build_module(forced, build_datamodule(check_config(forced), tmp_path))
+        build_module(check_config(forced), build_datamodule(check_config(forced), tmp_path))
 
 
 @pytest.mark.parametrize("override", ["optim.mixup=-1", "optim.cutmix=strong"])
 def test_a_bad_alpha_is_named(override, generated, tmp_path):
     cfg = compose_config(quick(generated, override))
     with pytest.raises(ValueError, match=override.split("=")[0].replace(".", r"\.")):
-        build_module(cfg, build_datamodule(check_config(cfg), tmp_path))
+        build_module(check_config(cfg), build_datamodule(check_config(cfg), tmp_path))
 
 
 # -------------------------------------------------------------------------------------------- optim.ema
@@ -121,7 +121,7 @@ EMA_RUN = ("strategy=full", "optim.ema=0.5", "trainer.max_epochs=2", "data.batch
 
 def probabilities(state: dict, cfg, run_dir: Path) -> torch.Tensor:
     datamodule = build_datamodule(check_config(cfg), run_dir)
-    module = build_module(cfg, datamodule)
+    module = build_module(check_config(cfg), datamodule)
     module.load_state_dict(state)
     module.eval()
     with torch.no_grad():

@@ -57,7 +57,7 @@ def test_every_config_option_composes(group, generated):
 def test_every_backbone_config_instantiates(backbone, generated):
     cfg = compose_config([f"backbone={backbone}", *small(generated, backbone=None)])
     datamodule = build_datamodule(check_config(cfg), generated)
-    module = build_module(cfg, datamodule)
+    module = build_module(check_config(cfg), datamodule)
     assert module.num_classes == 2 and module.preset.crop_size > 0
 
 

@@ -42,28 +42,28 @@ from tlbench.run.trainer import LOG_FOLDERS, build_trainer, log_hparams, trainer
 log = logging.getLogger("tlbench")
 
 
-def plain(node: Any) -> Any:
-    """Hydra nodes → plain Python values: what the module saves must reload without Hydra."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def build_datamodule(run: RunConfig, run_dir: Path) -> ImageDataModule:
     preset = get_preset(run.backbone.name, run.backbone.weights, run.data.in_chans)
     return ImageDataModule(run.data, preset, seed=run.seed, run_dir=str(run_dir))
 
 
-def build_module(cfg: DictConfig, datamodule: ImageDataModule) -> TransferModule:
+def saved_values(group: Any) -> dict[str, Any]:
+    """A typed config group as plain values, lists not tuples: what a checkpoint saves reloads anywhere."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(group).items()}
+
+
+def build_module(run: RunConfig, datamodule: ImageDataModule) -> TransferModule:
     return TransferModule(
-        backbone=plain(cfg.backbone),
+        backbone=saved_values(run.backbone),
         num_classes=datamodule.num_classes,
-        in_chans=cfg.data.in_chans,
-        strategy=plain(cfg.strategy),
-        optim=plain(cfg.optim),
+        in_chans=run.data.in_chans,
+        strategy=saved_values(run.strategy),
+        optim=saved_values(run.optim),
         class_names=datamodule.classes,
-        positive_class=cfg.data.positive_class,
+        positive_class=run.data.positive_class,
         preset=dataclasses.asdict(datamodule.preset),
         class_weights=datamodule.class_weights(),
-        threshold_rule=cfg.data.threshold,
+        threshold_rule=run.data.threshold,
     )
 
 
@@ -102,7 +102,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     sizes, pipeline = datamodule.split_sizes(), datamodule.pipeline.name
     log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
 
-    module = build_module(cfg, datamodule)
+    module = build_module(run, datamodule)
     counts = module.parameter_counts()
     names = f"{cfg.backbone.name} / {cfg.strategy.name}"
     trainable, total = f"{counts['trainable_params']:,}", f"{counts['total_params']:,}"
@@ -197,11 +197,13 @@ def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(run, run_dir)
     datamodule.setup()
-    module = build_module(cfg, datamodule)
+    module = build_module(run, datamodule)
     if module.caches_features:
         datamodule.use_features(module.embed)
     options = trainer_options(cfg)
-    return tune.find_learning_rate(module, datamodule, options, plain(cfg.strategy), plain(cfg.tune), run_dir)
+    return tune.find_learning_rate(
+        module, datamodule, options, saved_values(run.strategy), saved_values(run.tune), run_dir
+    )
 
 
 def summary_line(results: dict) -> str:
