@@ -4,6 +4,7 @@ command line run in this process."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -20,6 +21,18 @@ from PIL import Image
 from tlbench.config.schema import DataConfig, parse
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def import_script(name: str):
+    """benchmarks/<name>.py, imported from the checkout (it is not part of the installed package); the
+    caller removes it from sys.modules when done."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 # Distinct colours per class, so a small network can actually learn the generated data.
 CLASS_COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 40)]

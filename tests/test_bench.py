@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
 
-from conftest import REPO, shared_data
+from conftest import import_script, shared_data
 
 TINY = [
     "--quick",
@@ -27,11 +26,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def bench():
     """The script, imported from the checkout: it is not part of the installed package."""
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    yield module
+    yield import_script("bench")
     del sys.modules["bench"]
 
 
@@ -81,11 +76,7 @@ def test_fast_path_overrides_are_in_one_place(bench, tmp_path):
 # --------------------------------------------------------------------------- benchmarks/ablation.py (issue 9)
 @pytest.fixture(scope="module")
 def ablation(bench):
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ablation"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield import_script("ablation")
     del sys.modules["ablation"]
 
 

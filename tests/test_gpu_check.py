@@ -3,7 +3,6 @@ pretend without one, installs only what is missing, and records every step's out
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,16 +10,12 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, import_script
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    yield module
+    yield import_script("gpu_check")
     del sys.modules["gpu_check"]
 
 
