@@ -29,7 +29,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
 LOGGERS = ("tensorboard", "csv", "none")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-# Lightning's precision values (lightning.fabric.plugins.precision), and `auto` (train.resolve_precision).
+# Lightning's precision values (lightning.fabric.plugins.precision), and `auto` (trainer.resolve_precision).
 PRECISIONS = (
     "auto", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "64", "32", "16", "bf16",
     "transformer-engine", "transformer-engine-float16",

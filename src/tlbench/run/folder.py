@@ -65,7 +65,7 @@ def exit_status(signum: int) -> int:
 # Lock handles this process holds. A forked child (a DataLoader worker) inherits them, and an flock lasts
 # until every copy is closed: a run killed with SIGKILL would stay claimed until its workers exited.
 _HELD_LOCKS: set[IO] = set()
-_FORK_HOOK: list[bool] = []
+_fork_hook_registered = False
 
 
 def _close_inherited_locks() -> None:
@@ -85,9 +85,10 @@ def try_lock(path: Path, mode: str = "a") -> IO | None:
     except BlockingIOError:
         handle.close()
         return None
-    if not _FORK_HOOK:
+    global _fork_hook_registered
+    if not _fork_hook_registered:  # once, at the first lock (registering at import would be a side effect)
         os.register_at_fork(after_in_child=_close_inherited_locks)
-        _FORK_HOOK.append(True)
+        _fork_hook_registered = True
     _HELD_LOCKS.add(handle)
     return handle
 

@@ -41,7 +41,7 @@ def trainer_device(options: dict[str, Any]) -> torch.device:
     return probe.strategy.root_device
 
 
-def resolve_precision(precision: Any, device: torch.device) -> str:
+def resolve_precision(precision: Any, device: torch.device | None) -> str:
     """trainer.precision=auto: bf16-mixed where CUDA has bf16 in hardware (emulated bf16 is slower than
     fp32), else 32-true. Never 16-mixed: its loss scaling skips steps and cannot be graphed, which would
     quietly change every run on an older GPU; ask for it by name."""
@@ -57,7 +57,10 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in NOT_TRAINER_ARGUMENTS:
         options.pop(key, None)
-    options["precision"] = resolve_precision(options.get("precision"), trainer_device(options))
+    precision = options.get("precision")
+    # Only `auto` depends on the device: an explicit precision needs no probe Trainer.
+    device = trainer_device(options) if precision in (None, "auto") else None
+    options["precision"] = resolve_precision(precision, device)
     return options
 
 
