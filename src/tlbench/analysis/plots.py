@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from tlbench.analysis.summary import (
     fmt_stat,
     size_label,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 RELIABILITY_BINS = 10
 POINT = {"markersize": 8, "capsize": 3, "linestyle": "none"}  # a configuration in the cost charts
@@ -121,6 +125,12 @@ def frontier(xs: np.ndarray, ys: np.ndarray, more_is_better: bool) -> tuple[np.n
 
 def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str = RANK_BY) -> Path:
     """Accuracy against each cost, a row per data × size; hollow: dominated; dashed: the panel's frontier."""
+    pareto_figure(pareto, metric).savefig(path, dpi=110)
+    return path
+
+
+def pareto_figure(pareto: list[tuple[Group, list[str]]], metric: str = RANK_BY) -> Figure:
+    """plot_pareto's figure; its legend names only what some panel draws."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -131,6 +141,7 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
     markers = {b: "osD^vP*Xh<>"[i % 11] for i, b in enumerate(backbones)}
     fig = Figure(figsize=(15, 3.6 * len(contexts) + 0.6), layout="constrained")
     axes = fig.subplots(len(contexts), len(COSTS), squeeze=False)
+    frontier_drawn = False
     for row, (data, per_class) in zip(axes, contexts, strict=True):
         members = [(g, by) for g, by in pareto if (g.data, g.per_class) == (data, per_class)]
         for ax, (key, label) in zip(row, COSTS.items(), strict=True):
@@ -144,7 +155,9 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
             if len(known) > 1:
                 costs = np.array([g.stats[key].mean for g, _ in known])
                 xs, ys = frontier(costs, np.array([g.stats[metric].mean for g, _ in known]), more_is_better)
-                ax.plot(xs, ys, linestyle="--", color="grey", alpha=0.6, zorder=0)
+                if len(xs) > 1:  # a frontier of one point is no line
+                    ax.plot(xs, ys, linestyle="--", color="grey", alpha=0.6, zorder=0)
+                    frontier_drawn = True
             if key == "trainable_params":
                 ax.set_xscale("log")
             ax.set_xlabel(label + (" (more is better)" if more_is_better else " (less is better)"))
@@ -155,12 +168,13 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
     handles = [Line2D([], [], color=colours[s], label=s, **dot) for s in strategies]
     if len(backbones) > 1:
         handles += [Line2D([], [], color="black", label=b, **dot | {"marker": markers[b]}) for b in backbones]
-    handles += [Line2D([], [], color="black", markerfacecolor="none", label="dominated", **dot)]
-    handles += [Line2D([], [], color="grey", linestyle="--", label="frontier of the panel")]
+    if any(by for _, by in pareto):
+        handles += [Line2D([], [], color="black", markerfacecolor="none", label="dominated", **dot)]
+    if frontier_drawn:
+        handles += [Line2D([], [], color="grey", linestyle="--", label="frontier of the panel")]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small")
     fig.suptitle(f"{METRICS[metric]} (mean ± std over seeds) against cost")
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:
