@@ -155,8 +155,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "classes": datamodule.classes,
         "split_sizes": sizes,
         "test_split": datamodule.data.test_split,
-        # Two classes: the best checkpoint's threshold (chosen on val), used by test/*@thr and predict.
+        # Two classes: the best checkpoint's threshold (the run's one value), used by test/*@thr, the
+        # figures and predict; `decision` says which class it picks and where the threshold was chosen.
         "threshold": module.threshold,
+        "decision": module.binary_decision.text if module.binary_decision else None,
         "wall_time_s": time.perf_counter() - started,
         "train_images_per_s": cost.images_per_second,
         "pipeline": datamodule.pipeline.name,
@@ -186,6 +188,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_run_figures(
         run_dir, trainer.logger, **drawn, class_names=module.class_names,
         mean=module.preset.mean, std=module.preset.std, step=trainer.global_step,
+        decision=module.binary_decision,
     )  # fmt: skip
     write_json_atomic(run_dir / RESULTS_FILE, results)
     return results

@@ -76,6 +76,8 @@ def serving_metadata(module: TransferModule, format: str, model_file: str) -> di
     threshold = module.hparams.get("threshold")
     if threshold is not None:
         metadata["threshold"] = threshold
+    if module.binary_decision is not None:  # which class the threshold picks, and where it was chosen
+        metadata["decision"] = module.binary_decision.text
     return metadata
 
 

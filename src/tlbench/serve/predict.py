@@ -248,12 +248,15 @@ def print_predictions(
 ) -> set[str]:
     """One line per image as it is predicted, under a progress bar; returns the unreadable paths."""
     failed = set()
+    # Two classes: the answer comes from the saved threshold, not the larger probability; each line says so.
+    decision = getattr(model, "binary_decision", None)
     rows = predict_each(model, paths, batch_size, workers)
     for prediction in tqdm(rows, total=len(paths), unit="image", file=sys.stderr, disable=None):
         if prediction.error is not None:
             failed.add(prediction.path)
             tqdm.write(f"{prediction.path}: unreadable ({prediction.error})")
         else:
-            ranked = prediction.ranked(model, top_k)
-            tqdm.write(f"{prediction.path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked))
+            ranked = ", ".join(f"{name} {p:.1%}" for name, p in prediction.ranked(model, top_k))
+            why = f"{decision.explain(prediction.probabilities)}: " if decision is not None else ""
+            tqdm.write(f"{prediction.path}: {why}{ranked}")
     return failed
