@@ -49,20 +49,26 @@ def values_by_key(overrides: list[list[str]]) -> dict[str, list[str]]:
 
 
 def add_seeds_command(found: Found, seeds: int) -> str:
-    """The multirun that gives every setting of these runs `seeds` seeds: the runs' own overrides, each key
-    with the values its runs used, seeds from 0 (a seed already run is found and skipped)."""
+    """The multirun that brings these runs to `seeds` seeds with every strategy: the runs' own overrides,
+    each key with the values its runs used, and only the seeds still to run (a seed run without a `seed=`
+    override has no seed in its folder name: naming it again would run it twice)."""
     values = values_by_key(run_overrides(found))
-    values.pop(SEED_KEY, None)
+    overridden = {int(v) for v in values.pop(SEED_KEY, []) if v.isdigit()}
     if STRATEGY_KEY not in values:  # runs started without overrides (the Python API): their strategies
         values[STRATEGY_KEY] = list(dict.fromkeys(run.strategy for run in found.runs))
-    ran = sorted({seed for run in found.runs if isinstance(seed := run.params.get(SEED_KEY), int)})
-    wanted, candidate = list(ran), 0
-    while len(wanted) < seeds:
-        if candidate not in ran:
+    strategies = set(values[STRATEGY_KEY])
+    finished: dict[int, set[str]] = {}
+    for run in found.runs:
+        if isinstance(seed := run.params.get(SEED_KEY), int):
+            finished.setdefault(seed, set()).add(run.strategy)
+    done = {seed for seed, ran in finished.items() if ran >= strategies}
+    wanted, candidate = [], 0
+    while len(done) + len(wanted) < seeds:
+        if candidate not in done and (candidate in overridden or candidate not in finished):
             wanted.append(candidate)
         candidate += 1
     words = [f"{key}={','.join(v)}" for key, v in values.items()]
-    words.append(f"{SEED_KEY}={','.join(map(str, sorted(wanted)))}")
+    words.append(f"{SEED_KEY}={','.join(map(str, wanted))}")
     if (found.root / SWEEP_CONFIG).exists():  # the same folder, whatever hydra.sweep.dir named it
         words.append(f"hydra.sweep.dir={found.root}")
     return " ".join(["python -m tlbench.train -m", *map(shlex.quote, words)])

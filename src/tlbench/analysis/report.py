@@ -89,6 +89,30 @@ def render_pareto(analysis: Analysis) -> list[str]:
     return table(header, rows)
 
 
+ENSEMBLE_METHOD = (
+    "Per backbone × data × data size, from the runs' predictions.csv: the ensemble averages the compared "
+    "strategies' probabilities per seed and answers the class with the highest mean. It is compared with "
+    "the best single strategy (by mean) by the verdict's paired bootstrap over seeds and test images, one "
+    "comparison per group (no Holm correction), under the same rules: one seed shows no gain. Shared errors: "
+    "the share of the test images that both strategies get wrong, or only one of them (mean over the seeds "
+    "both ran); an ensemble can only gain where errors are not shared."
+)
+
+
+def render_ensembles(analysis: Analysis) -> list[str]:
+    lines = []
+    for e in analysis.ensembles:
+        lines += [f"- {where(e.context)}: {e.text}.", ""]
+        header = ["A", "B", "both wrong", "only A wrong", "only B wrong", "seeds", "images"]
+        rows = (
+            [md(s.a), md(s.b), f"{s.both:.3f}", f"{s.only_a:.3f}", f"{s.only_b:.3f}"]
+            + [str(len(s.seeds)), str(s.n_images)]
+            for s in e.shared
+        )
+        lines += [*table(header, rows, indent="  "), ""] if e.shared else []
+    return lines
+
+
 def render_crossings(analysis: Analysis) -> list[str]:
     return [f"- **{md(backbone)}** on {md(data)}: {c.text}." for (data, backbone), c in analysis.crossings]
 
@@ -109,6 +133,9 @@ def verdict_text(analysis: Analysis, found: Found) -> str:
     lines += [line for d in analysis.verdicts for line in verdict_lines(found, analysis, d)]
     if (left_out := caveats.not_in_verdict(found)) is not None:
         lines.append(left_out)
+    if analysis.ensembles:
+        lines += ["", "Ensemble of the compared strategies (mean probability per seed):"]
+        lines += [f"- {where(e.context)}: {e.text}." for e in analysis.ensembles]
     if analysis.crossings:
         lines += ["", "Where strategies cross:", *render_crossings(analysis)]
     return "\n".join(line.replace("**", "") for line in lines)
@@ -145,6 +172,8 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
             lines += [*render_comparisons(d), ""]
         if (left_out := caveats.not_in_verdict(found)) is not None:
             lines += [left_out, ""]
+    if analysis.ensembles:
+        lines += ["## Ensemble and shared errors", "", ENSEMBLE_METHOD, "", *render_ensembles(analysis)]
     if analysis.crossings:
         lines += [
             "## Where strategies cross",
@@ -249,6 +278,10 @@ def summary_json(found: Found, analysis: Analysis) -> dict[str, Any]:
             "groups": groups,
             "verdict": verdicts,
             "not_in_verdict": caveats.not_in_verdict(found),
+            "ensembles": [
+                {"data": e.context[0], "backbone": e.context[1], "per_class": e.context[2]} | e.to_json()
+                for e in analysis.ensembles
+            ],
             "crossings": [{"data": d, "backbone": b} | asdict(c) for (d, b), c in analysis.crossings],
             "pareto": pareto_rows,
             **problems,

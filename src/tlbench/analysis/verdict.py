@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
@@ -43,6 +43,7 @@ import numpy as np
 from scipy import stats
 
 from tlbench.analysis.markdown import md
+from tlbench.analysis.wording import one_seed_verdict, seed_counts, why_not_separated
 
 ALPHA = 0.05
 N_BOOT = 4000
@@ -144,15 +145,8 @@ class GroupVerdict:
             o: f"{md(best)} − {md(o)} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}" for o, c in vs_best.items()
         }
         if self.one_seed:
-            measured = (
-                "one seed's interval holds only how its test images were drawn, not training randomness "
-                "(initialisation, data order, augmentation)"
-                if any(c.low is not None for c in vs_best.values())
-                else "one seed and no predictions files give no interval"
-            )
-            listed = "; ".join(gaps.values())
-            lead = f"one seed: {md(best)} has the best mean ({listed}) [{how}]"
-            return f"{lead}; {measured}: it cannot show a winner"
+            interval = any(c.low is not None for c in vs_best.values())
+            return one_seed_verdict(md(best), "; ".join(gaps.values()), how, interval)
         parts = [
             f"{gaps[o]}; {why_not_separated(vs_best[o], self.seeds_to_separate.get(o))}"
             for o in self.tied[1:]
@@ -162,33 +156,6 @@ class GroupVerdict:
         if behind:
             text += f"; behind: {', '.join(map(md, behind))}"
         return f"{text} [{how}]"
-
-
-def seed_counts(comparisons: Iterable[Comparison]) -> str:
-    """`3 seeds`, or `2–3 seeds` where strategies share different numbers of seeds."""
-    counts = sorted({len(c.seeds) for c in comparisons})
-    return plural(counts[0], "seed") if len(counts) == 1 else f"{counts[0]}–{counts[-1]} seeds"
-
-
-def why_not_separated(c: Comparison, needed: int | str | None) -> str:
-    """Why a strategy is not shown to be behind the best, and what would tell them apart."""
-    if not c.seeds:
-        return "no seed in common: run the same seeds for both"
-    if c.one_seed:
-        return "one seed: its interval holds test-image sampling only, not training randomness"
-    if c.separated and c.diff <= 0:
-        return (
-            f"on the {plural(len(c.seeds), 'seed')} both ran, {md(c.b)} is ahead: the means cover other seeds"
-        )
-    if isinstance(needed, int):
-        more = needed - len(c.seeds)
-        if more > 0:
-            return f"~{plural(more, 'more seed')} ({needed} in all) would separate them at this variance"
-        return (
-            f"the seed variance suggests {needed} would do, yet the interval over these "
-            f"{plural(len(c.seeds), 'seed')} includes 0: add seeds"
-        )
-    return needed or "no variance to extrapolate from"
 
 
 def seed_key(seed: Any) -> tuple[tuple[bool, str], ...]:
@@ -343,11 +310,6 @@ def fmt_diff(c: Comparison) -> str:
 def shown_behind(c: Comparison) -> bool:
     """B is shown to be behind A: separated, A ahead on the seeds both ran, and more than one such seed."""
     return c.separated and c.diff > 0 and not c.one_seed
-
-
-def plural(n: int, word: str) -> str:
-    """`1 seed`, `2 seeds`: every count in the report's sentences is the runs' own number."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) -> GroupVerdict:
