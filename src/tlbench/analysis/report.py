@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tlbench.analysis import caveats, plots, verdict
+from tlbench.analysis import caveats, plots, transfer_check, verdict
 from tlbench.analysis.collect import Found, Problem, count_line, counts, find_runs
 from tlbench.analysis.markdown import code, md, table
 from tlbench.analysis.summary import (
@@ -203,6 +203,7 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
             "the runs' predictions.csv.",
             "",
         ]
+    lines += transfer_check.render_section(found)  # rank.json below the folder: scores against accuracy
     duplicates = [g for g in analysis.groups if len(set(map(str, g.seeds))) < len(g.seeds)]
     if duplicates:
         lines += ["Settings that ran a seed more than once (each run counts in n):"]

@@ -215,10 +215,14 @@ def linear_probe(
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     labels = _labels(labels, len(features))
     require_folds(labels, folds)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(probe, np.asarray(features, dtype=np.float64), labels, cv=split)
+    # One BLAS thread: the matrices are small, and OpenBLAS threads on a busy 2-core machine made the 5 fits
+    # 10× slower (10 s vs 1 s in tests/test_rank_scores.py under load 12).
+    with threadpool_limits(limits=1, user_api="blas"):
+        scores = cross_val_score(probe, np.asarray(features, dtype=np.float64), labels, cv=split)
     return float(scores.mean()), float(scores.std(ddof=1)) if folds > 1 else 0.0

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -223,15 +224,16 @@ def embed(run: RunConfig, label: str, datamodule: ImageDataModule, batch_size: i
 def score(embedded: Embedded, labels: np.ndarray, folds: int, seed: int) -> dict[str, float | None]:
     f, p = embedded.features, embedded.source_probs
     probe, probe_std = scores.linear_probe(f, labels, folds, seed)
-    return {
-        "logme": scores.log_me(f, labels),
-        "leep": None if p is None else scores.leep(p, labels),
-        "nce": None if p is None else scores.nce(p.argmax(axis=1), labels),
-        "h_score": scores.h_score(f, labels),
-        "h_score_bao": scores.h_score(f, labels, shrink=False),
-        "probe_acc": probe,
-        "probe_acc_std": probe_std,
-    }
+    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: see linear_probe
+        return {
+            "logme": scores.log_me(f, labels),
+            "leep": None if p is None else scores.leep(p, labels),
+            "nce": None if p is None else scores.nce(p.argmax(axis=1), labels),
+            "h_score": scores.h_score(f, labels),
+            "h_score_bao": scores.h_score(f, labels, shrink=False),
+            "probe_acc": probe,
+            "probe_acc_std": probe_std,
+        }
 
 
 def rank(cfg: DictConfig, out_dir: Path, cli_keys: set[str] = frozenset()) -> dict[str, Any]:
@@ -261,7 +263,7 @@ def rank(cfg: DictConfig, out_dir: Path, cli_keys: set[str] = frozenset()) -> di
         rows.append(
             {
                 "label": candidate.label,
-                "backbone": asdict(run.backbone),
+                "backbone": backbone_record(run),
                 "feature_dim": embedded.features.shape[1],
             }
             | {"scores": score(embedded, labels, folds, run.seed), "source_note": embedded.source_note}
@@ -282,6 +284,15 @@ def rank(cfg: DictConfig, out_dir: Path, cli_keys: set[str] = frozenset()) -> di
     write_json_atomic(out_dir / RANK_FILE, result)
     plot_rank(result, out_dir / "rank.png")
     return result
+
+
+def backbone_record(run: RunConfig) -> dict[str, Any]:
+    """The backbone values as rank.json keeps them: a checkpoint as an absolute path (the report matches
+    runs to it from wherever it is run)."""
+    values = asdict(run.backbone)
+    if values["checkpoint"]:
+        values["checkpoint"] = str(Path(values["checkpoint"]).expanduser().resolve())
+    return values
 
 
 def command_line_backbone_keys() -> set[str]:
