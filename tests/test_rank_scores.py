@@ -53,6 +53,23 @@ def test_log_me_is_the_maximum_evidence_per_image_averaged_over_classes():
     assert t.log_me(features, labels) == pytest.approx(np.mean(best), abs=1e-6)
 
 
+def test_log_me_of_features_that_explain_nothing_is_the_evidence_of_pure_noise():
+    """Random features, more dimensions than images: the fixed point drives α → ∞ (weights → 0), and the
+    evidence to that of y ~ N(0, β⁻¹I) at its best β = n/‖y‖²: −n/2 (log 2π + log(‖y‖²/n) + 1)."""
+    rng = np.random.default_rng(5)
+    features, labels = rng.normal(size=(10, 30)), np.arange(10) % 2
+    noise_only = [-(np.log(2 * np.pi) + np.log(np.mean((labels == c) ** 2)) + 1) / 2 for c in (0, 1)]
+    assert t.log_me(features, labels) == pytest.approx(np.mean(noise_only), abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(20, 512), (245, 1280), (40, 3)])
+def test_log_me_is_finite_however_features_and_images_compare(shape):
+    rng = np.random.default_rng(6)
+    labels = np.arange(shape[0]) % 2
+    for features in (rng.normal(size=shape), rng.normal(size=shape) + 3 * labels[:, None]):
+        assert np.isfinite(t.log_me(features, labels))
+
+
 def test_leep_of_a_hand_worked_example():
     # θ: source softmax of 4 images over 2 source classes; target labels y = 0, 0, 1, 1.
     theta = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7], [0.1, 0.9]])

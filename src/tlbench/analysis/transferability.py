@@ -64,15 +64,17 @@ def _spectrum(features: np.ndarray) -> _Spectrum:
     return _Spectrum(u[:, keep], s[keep] ** 2, f.shape[0], f.shape[1])
 
 
-def _evidence_terms(spec: _Spectrum, y: np.ndarray, alpha: float, beta: float) -> tuple[float, float, float]:
-    """(γ, ‖m‖², ‖y − Fm‖²) at precisions α (prior on the weights) and β (noise), m the posterior mean
-    β A⁻¹ Fᵀy with A = αI + βFᵀF; computed in the eigenbasis of FᵀF, where A is diagonal."""
+def _evidence_terms(spec: _Spectrum, y: np.ndarray, lam: float) -> tuple[float, float, float, float]:
+    """(γ, ‖m‖², ‖y − Fm‖² − outside, outside) at λ = α/β (prior over noise precision), m the posterior
+    mean β A⁻¹ Fᵀy, A = αI + βFᵀF; in the eigenbasis of FᵀF, where A is diagonal, and through λ alone so
+    that a near-exact fit (β → ∞) neither overflows nor divides by zero. `outside`: the part of ‖y‖² no
+    feature direction reaches."""
     z = spec.u.T @ y  # y's coordinates along the left singular vectors
-    denom = alpha + beta * spec.sigma
-    gamma = float(np.sum(beta * spec.sigma / denom))  # effective number of well-determined weights
-    m_sq = float(np.sum(beta**2 * spec.sigma * z**2 / denom**2))
-    residual = float(y @ y - z @ z + np.sum((alpha * z / denom) ** 2))
-    return gamma, m_sq, residual
+    denom = lam + spec.sigma
+    gamma = float(np.sum(spec.sigma / denom))  # effective number of well-determined weights
+    m_sq = float(np.sum(spec.sigma * z**2 / denom**2))
+    fitted_residual = float(np.sum((lam * z / denom) ** 2))
+    return gamma, m_sq, fitted_residual, max(float(y @ y - z @ z), 0.0)
 
 
 def log_evidence(features: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
@@ -83,27 +85,38 @@ def log_evidence(features: np.ndarray, y: np.ndarray, alpha: float, beta: float)
 
 
 def _log_evidence(spec: _Spectrum, y: np.ndarray, alpha: float, beta: float) -> float:
-    _, m_sq, residual = _evidence_terms(spec, y, alpha, beta)
-    # log|A|: α + βσᵢ along the r non-zero directions, α along the D − r others.
-    log_det = np.sum(np.log(alpha + beta * spec.sigma)) + (spec.d - len(spec.sigma)) * np.log(alpha)
+    lam = alpha / beta
+    _, m_sq, fitted_residual, outside = _evidence_terms(spec, y, lam)
+    r = len(spec.sigma)
+    # log|A| = Σ log β(λ + σᵢ) over the r feature directions + (D − r) log α; the log β and log α terms of
+    # the evidence are collected with it, and β·‖y − Fm‖² = α·λ·Σ(zᵢ/(λ+σᵢ))² + β·outside.
     return float(
-        spec.n / 2 * np.log(beta) + spec.d / 2 * np.log(alpha) - spec.n / 2 * np.log(2 * np.pi)
-        - beta / 2 * residual - alpha / 2 * m_sq - log_det / 2
+        (spec.n - r) / 2 * np.log(beta) + r / 2 * np.log(alpha) - np.sum(np.log(lam + spec.sigma)) / 2
+        - spec.n / 2 * np.log(2 * np.pi) - alpha / 2 * fitted_residual / lam - beta / 2 * outside
+        - alpha / 2 * m_sq
     )  # fmt: skip
+
+
+# The fixed point can head for a boundary: λ = α/β → ∞ (the labels look like noise to every feature: the
+# evidence tends to that of y ~ N(0, β⁻¹I)) or λ → 0 (the features fit the labels exactly). Past these
+# multiples of the largest eigenvalue the evidence has settled to ~1e-12; iterating on would overflow.
+_LAMBDA_RANGE = 1e-12
 
 
 def _max_evidence(spec: _Spectrum, y: np.ndarray, max_iter: int, tol: float) -> float:
     """The paper's Algorithm 1: α ← γ/‖m‖², β ← (n − γ)/‖Fm − y‖² until both stop moving; the evidence
     is then taken at the final (α, β) with m recomputed there (a stationary point of the evidence)."""
     alpha, beta = 1.0, 1.0
+    scale = float(spec.sigma.max(initial=1.0))
     for _ in range(max_iter):
-        gamma, m_sq, residual = _evidence_terms(spec, y, alpha, beta)
-        # The floors keep a degenerate column (features that fit y exactly, or carry nothing) finite.
-        new_alpha = gamma / max(m_sq, 1e-300)
-        new_beta = (spec.n - gamma) / max(residual, 1e-300)
+        gamma, m_sq, fitted_residual, outside = _evidence_terms(spec, y, alpha / beta)
+        residual = fitted_residual + outside
+        if m_sq <= 0 or residual <= 0:
+            break
+        new_alpha, new_beta = gamma / m_sq, (spec.n - gamma) / residual
         done = abs(new_alpha - alpha) <= tol * alpha and abs(new_beta - beta) <= tol * beta
         alpha, beta = new_alpha, new_beta
-        if done:
+        if done or not _LAMBDA_RANGE * scale < alpha / beta < scale / _LAMBDA_RANGE:
             break
     return _log_evidence(spec, y, alpha, beta)
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.transforms.v2.functional import center_crop
 from tqdm import tqdm
 
 from tlbench.analysis import transferability as scores
@@ -35,13 +36,7 @@ from tlbench.analysis.transfer_check import RANK_FILE, plot_rank, render_rank_ta
 from tlbench.config.schema import ConfigError, RunConfig
 from tlbench.data.augment import EvalPreprocess
 from tlbench.data.datamodule import ImageDataModule
-from tlbench.data.decode import (
-    cache_file,
-    file_fingerprint,
-    load_cached,
-    resize_center_crop_uint8,
-    save_cached,
-)
+from tlbench.data.decode import cache_file, decode_to_uint8, file_fingerprint, load_cached, save_cached
 from tlbench.data.pipelines import ImageListDataset, MemoryPipeline
 from tlbench.data.preset import eval_transform
 from tlbench.models.backbones import build_backbone, build_imagenet_classifier, get_preset
@@ -151,18 +146,33 @@ def source_classifier(
         return None, str(error)
 
 
+def eval_train_images(datamodule: ImageDataModule) -> torch.Tensor | None:
+    """The training split as uint8 eval crops (resize + centre crop), from the decode cache training uses:
+    its train images are decoded at resize_size, square (room for random crops), and their centre crop is
+    the eval crop exactly. Images smaller than that are kept at their own size there; those are decoded
+    with the eval geometry instead (cached too), as the memory pipeline decodes validation images.
+    None under the streaming pipeline (too big to hold)."""
+    pipeline, p = datamodule.pipeline, datamodule.preset
+    if not isinstance(pipeline, MemoryPipeline):
+        return None
+    held = pipeline.splits["train"]
+    if held.plan.size == p.resize_size:
+        return center_crop(held.images, [p.crop_size, p.crop_size])
+    split, data = datamodule.data.splits["train"], datamodule.data
+    files_only = all(isinstance(item, str) for item in split.items)
+    return decode_to_uint8(
+        split.items, p.resize_size, datamodule.settings.in_chans, p.crop_size, p.interpolation,
+        cache_dir=datamodule.settings.cache_dir if files_only else None, read=data.read,
+    ).images  # fmt: skip
+
+
 def eval_batches(datamodule: ImageDataModule, batch_size: int) -> Iterator[torch.Tensor]:
     """The training images as the network sees them at eval: resize + centre crop, normalised."""
-    p, pipeline = datamodule.preset, datamodule.pipeline
-    if isinstance(pipeline, MemoryPipeline):
-        # The decode cache holds train images at resize_size (room for random crops); crop their centre.
-        images, normalise = pipeline.splits["train"].images, EvalPreprocess(p.mean, p.std)
-        for i in range(0, len(images), batch_size):
-            yield normalise(
-                resize_center_crop_uint8(
-                    images[i : i + batch_size], p.resize_size, p.crop_size, p.interpolation
-                )
-            )
+    p = datamodule.preset
+    images = eval_train_images(datamodule)
+    if images is not None:
+        normalise = EvalPreprocess(p.mean, p.std)
+        yield from (normalise(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
         return
     dataset = ImageListDataset(datamodule.data.splits["train"], datamodule.data.read, eval_transform(p))
     yield from (x for x, _ in DataLoader(dataset, batch_size, num_workers=datamodule.settings.num_workers))
