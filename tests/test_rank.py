@@ -67,9 +67,8 @@ def tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_rank_scores_each_backbone_writes_rank_json_and_a_chart_and_caches_features(
-    rank_cli, images, tmp_path
-):
+@pytest.mark.slow  # an end-to-end rank: model builds, the probe's sklearn, the chart (seconds)
+def test_rank_scores_each_backbone_writes_rank_json_and_a_chart(rank_cli, images, tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "test_resnet.pth")
     entries = f"rank.backbones=[{TINY},{{name:{TINY},checkpoint:{checkpoint},label:from-file}}]"
     args = [*tiny_overrides(images, tmp_path / "out"), entries, "backbone.weights=null"]
@@ -90,13 +89,20 @@ def test_rank_scores_each_backbone_writes_rank_json_and_a_chart_and_caches_featu
     assert (tmp_path / "out" / "rank.png").stat().st_size > 0
     assert "LogME" in out and "from-file" in out and "n/a" in out
 
-    again = rank_cli(
-        *args[:-2], entries.replace(f"{TINY},", "", 1).replace("out", "again"), "backbone.weights=null"
+
+@pytest.mark.slow  # two rank runs: seconds on an idle 2-core machine, a minute under load
+def test_a_second_rank_reads_the_features_from_the_cache(rank_cli, images, tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "test_resnet.pth")
+    entries = f"rank.backbones=[{{name:{TINY},checkpoint:{checkpoint}}}]"
+    first, second = (
+        rank_cli(*tiny_overrides(images, tmp_path / out), entries) for out in ("first", "second")
     )
-    assert again[0] == 0, again[2]
-    cached = json.loads((tmp_path / "out" / "rank.json").read_text())  # same folder: the last run's file
-    row = cached["backbones"][0]
-    assert row["features_cached"] and row["scores"] == from_file["scores"]
+    assert first[0] == second[0] == 0, first[2] + second[2]
+    rows = [
+        json.loads((tmp_path / out / "rank.json").read_text())["backbones"][0] for out in ("first", "second")
+    ]
+    assert not rows[0]["features_cached"] and rows[1]["features_cached"]
+    assert rows[0]["scores"] == rows[1]["scores"] and rows[1]["source_note"] is None
 
 
 @pytest.mark.parametrize("size", [(40, 32), (90, 70)])  # smaller than the preset's resize, and larger
