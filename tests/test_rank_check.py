@@ -137,7 +137,10 @@ def test_the_report_has_the_section_when_a_rank_json_lies_in_the_sweep(sweep):
     summary = render_summary_md(found, analyse(found.runs))
     assert "## Ranking before training" in summary
     assert "| LogME | +1.00 |" not in summary  # lite0 and r18 tie in mean accuracy: τ-b < 1
-    assert "| LEEP | – | – | – | n/a for some backbone |" in summary  # random init has no source classifier
+    # Random init has no source classifier: LEEP is compared over the other three.
+    assert (
+        "| LEEP | 3 | +0.82 |" in summary and "| LogME | 4 |" in summary
+    )  # τ-b = 2/√(3·2): a tie in accuracy
     assert "broken" in summary
 
 

@@ -123,6 +123,7 @@ class Check:
     tau: dict[str, tuple[float, float]] = field(default_factory=dict)  # score → (Kendall τ, p)
     weighted_tau: dict[str, float] = field(default_factory=dict)
     top_hits: dict[str, tuple[int, int]] = field(default_factory=dict)  # score → (seeds it was best, seeds)
+    scored: dict[str, int] = field(default_factory=dict)  # score → backbones it exists for
 
 
 def check_ranking(rank_file: Path, ranking: dict[str, Any], runs: list[Run]) -> list[Check]:
@@ -143,16 +144,19 @@ def check_ranking(rank_file: Path, ranking: dict[str, Any], runs: list[Run]) -> 
         common = set.intersection(*(set(by_label[label]) for label in labels))
         check = Check(rank_file, strategy, labels, accuracy, len(common), {})
         for key in SCORES:
-            values = [e["scores"].get(key) for e in entries]
-            check.scores[key] = values
-            if len(labels) < 3 or any(v is None for v in values):
+            check.scores[key] = [e["scores"].get(key) for e in entries]
+            # Over the backbones this score exists for (LEEP and NCE: those with a source classifier).
+            scored = [i for i, v in enumerate(check.scores[key]) if v is not None]
+            check.scored[key] = len(scored)
+            if len(scored) < 3:
                 continue
-            tau = stats.kendalltau(values, accuracy)
+            values, accs = [check.scores[key][i] for i in scored], [accuracy[i] for i in scored]
+            tau = stats.kendalltau(values, accs)
             check.tau[key] = (float(tau.statistic), float(tau.pvalue))
-            check.weighted_tau[key] = float(stats.weightedtau(values, accuracy).statistic)
-            top = labels[int(np.argmax(values))]
+            check.weighted_tau[key] = float(stats.weightedtau(values, accs).statistic)
+            top, rivals = labels[scored[int(np.argmax(values))]], [labels[i] for i in scored]
             # A seed counts as a hit when the top-scored backbone is (one of) the most accurate.
-            hits = sum(by_label[top][s] >= max(by_label[label][s] for label in labels) for s in common)
+            hits = sum(by_label[top][s] >= max(by_label[label][s] for label in rivals) for s in common)
             check.top_hits[key] = (int(hits), len(common))
         checks.append(check)
     return checks
@@ -182,7 +186,8 @@ def render_section(found: Found) -> list[str]:
         "the same backbones fine-tuned here, per strategy: Kendall τ (with its p-value: with a handful of "
         "backbones, τ takes few values and one swapped pair moves it a lot), weighted τ (scipy's "
         "weightedtau: swaps among the best count more), and in how many seeds the top-scored backbone was "
-        "the most accurate. LEEP and NCE need a source classifier; backbones without one leave them out.",
+        "the most accurate. LEEP and NCE need a source classifier: they are compared over the backbones "
+        "that have one.",
         "",
     ]
     for c in checks:
@@ -195,14 +200,13 @@ def render_section(found: Found) -> list[str]:
         rows = []
         for key, name in SCORES.items():
             if key not in c.tau:
-                why = "needs ≥ 3 backbones" if len(c.labels) < 3 else "n/a for some backbone"
-                rows.append([name, "–", "–", "–", why])
+                rows.append([name, str(c.scored[key]), "–", "–", "–", "needs ≥ 3 backbones with the score"])
                 continue
             tau, p = c.tau[key]
             hits, seeds = c.top_hits[key]
-            rows.append(
-                [name, f"{tau:+.2f}", f"{p:.2f}", f"{c.weighted_tau[key]:+.2f}", f"{hits} of {seeds}"]
-            )
-        lines += table(["score", "Kendall τ", "p", "weighted τ", "top-scored was best"], rows) + [""]
+            cells = [f"{tau:+.2f}", f"{p:.2f}", f"{c.weighted_tau[key]:+.2f}", f"{hits} of {seeds} seeds"]
+            rows.append([name, str(c.scored[key]), *cells])
+        header = ["score", "backbones", "Kendall τ", "p", "weighted τ", "top-scored was the most accurate"]
+        lines += table(header, rows) + [""]
     lines += [f"- {md(note)}" for note in notes]
     return lines
