@@ -181,3 +181,15 @@ def test_too_few_images_per_class_for_cross_validation_names_the_class(rank_cli,
     status, _, err = rank_cli(*args, "rank.folds=11")
     assert status == 1
     assert "class 'cat' has 10 training image(s), fewer than rank.folds=11" in err
+
+
+@pytest.mark.slow  # an end-to-end rank (seconds)
+def test_grayscale_data_adapts_the_first_conv_as_training_does(rank_cli, images, tmp_path):
+    """data.in_chans=1: the trunk's first conv is folded to one channel (backbone.in_chans_mode=sum), so the
+    RGB checkpoint's classifier still reads its features: LEEP is computed, not n/a."""
+    checkpoint = tiny_checkpoint(tmp_path / "test_resnet.pth")
+    entries = f"rank.backbones=[{{name:{TINY},checkpoint:{checkpoint}}}]"
+    status, _, err = rank_cli(*tiny_overrides(images, tmp_path / "out"), "data.in_chans=1", entries)
+    assert status == 0, err
+    row = json.loads((tmp_path / "out" / "rank.json").read_text())["backbones"][0]
+    assert row["backbone"]["in_chans_mode"] == "sum" and row["scores"]["leep"] is not None
