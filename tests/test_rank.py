@@ -170,7 +170,10 @@ def test_offline_weights_say_how_to_get_them(rank_cli, images, tmp_path, monkeyp
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
     monkeypatch.setattr(weights, "_can_reach", lambda url: False)
-    status, out, err = rank_cli(*tiny_overrides(images, tmp_path / "out"), "rank.backbones=[resnet18]")
+    # Nothing is embedded before every backbone is known to load: the tiny one listed first waits.
+    monkeypatch.setattr(rank_module, "embed", lambda *a: pytest.fail("embedded before the weights check"))
+    entries = f"rank.backbones=[{{name:{TINY},weights:null}},resnet18]"
+    status, out, err = rank_cli(*tiny_overrides(images, tmp_path / "out"), entries)
     assert status == 1 and "Traceback" not in err + out
     assert "Pretrained weights for ResNet18_Weights.IMAGENET1K_V1 are not on this machine" in err
     assert "backbone.weights=null" in err and "backbone.checkpoint=" in err
@@ -193,3 +196,14 @@ def test_grayscale_data_adapts_the_first_conv_as_training_does(rank_cli, images,
     assert status == 0, err
     row = json.loads((tmp_path / "out" / "rank.json").read_text())["backbones"][0]
     assert row["backbone"]["in_chans_mode"] == "sum" and row["scores"]["leep"] is not None
+
+
+def test_a_random_init_is_drawn_from_the_seed_so_two_ranks_agree(images):
+    from conftest import small
+    from tlbench.run.checks import check_config
+    from tlbench.run.train import compose_config
+
+    runs = [check_config(compose_config([*small(images), f"seed={seed}"])) for seed in (0, 0, 1)]
+    first, again, other = (rank_module.build_model(run).trunk.state_dict() for run in runs)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

@@ -62,7 +62,7 @@ def test_log_me_of_features_that_explain_nothing_is_the_evidence_of_pure_noise()
     assert t.log_me(features, labels) == pytest.approx(np.mean(noise_only), abs=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(20, 512), (245, 1280), (40, 3)])
+@pytest.mark.parametrize("shape", [(20, 512), (40, 3)])
 def test_log_me_is_finite_however_features_and_images_compare(shape):
     rng = np.random.default_rng(6)
     labels = np.arange(shape[0]) % 2

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
-from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2.functional import center_crop
@@ -47,7 +46,7 @@ from tlbench.run.train import is_user_error
 
 log = logging.getLogger("tlbench")
 BACKBONE_KEYS = ("name", "weights", "checkpoint", "in_chans_mode")
-_FEATURE_CACHE_FORMAT = 1
+_FEATURE_CACHE_FORMAT = 2  # 2: random inits seeded
 
 
 @dataclass(frozen=True)
@@ -189,27 +188,44 @@ def feature_cache_path(run: RunConfig, datamodule: ImageDataModule) -> tuple[Pat
     if backbone["checkpoint"]:
         fingerprint += file_fingerprint([backbone["checkpoint"]])
         backbone["checkpoint"] = str(Path(backbone["checkpoint"]).resolve())
+    # A random init's features are those of the draw from `seed`.
+    seed = run.seed if not (backbone["weights"] or backbone["checkpoint"]) else None
     tag = json.dumps(
-        [_FEATURE_CACHE_FORMAT, backbone, run.data.in_chans, asdict(datamodule.preset)], sort_keys=True
+        [_FEATURE_CACHE_FORMAT, backbone, run.data.in_chans, asdict(datamodule.preset), seed], sort_keys=True
     )
     return cache_file(cache_dir, items, tag, "features"), hashlib.sha256(fingerprint.encode()).hexdigest()
 
 
-def embed(run: RunConfig, label: str, datamodule: ImageDataModule, batch_size: int) -> Embedded:
-    """Features (and source-classifier probabilities) of the training split, from the cache where held."""
-    started = time.perf_counter()
-    cached_at = feature_cache_path(run, datamodule)
-    if cached_at is not None:
-        hit = load_cached(*cached_at)
-        if hit is not None:
-            probs = hit["source_probs"]
-            return Embedded(
-                hit["features"].numpy(), None if probs is None else probs.numpy(), hit["note"], 0.0, True
-            )
+@dataclass
+class Model:
+    """A backbone built to embed: its trunk, and its source classifier where it has one (or why not)."""
+
+    trunk: nn.Module
+    head: nn.Linear | None
+    source_note: str | None
+
+
+def build_model(run: RunConfig) -> Model:
+    """The trunk as training builds it (weights, checkpoint, 1-channel conv) and its source classifier."""
     b = run.backbone
+    torch.manual_seed(run.seed)  # random init (weights=null) is drawn from `seed`: the same on every rank
     built = build_backbone(b.name, 1, run.data.in_chans, b.weights, b.checkpoint, b.in_chans_mode)
     trunk = built.net.trunk.eval().to(memory_format=torch.channels_last)
-    head, note = source_classifier(run, trunk, built.feature_dim)
+    return Model(trunk, *source_classifier(run, trunk, built.feature_dim))
+
+
+def cached_embedding(run: RunConfig, datamodule: ImageDataModule) -> Embedded | None:
+    cached_at = feature_cache_path(run, datamodule)
+    hit = load_cached(*cached_at) if cached_at is not None else None
+    if hit is None:
+        return None
+    probs = hit["source_probs"]
+    return Embedded(hit["features"].numpy(), None if probs is None else probs.numpy(), hit["note"], 0.0, True)
+
+
+def embed(run: RunConfig, model: Model, label: str, datamodule: ImageDataModule, batch_size: int) -> Embedded:
+    """Features (and source-classifier probabilities) of the training split, cached for the next rank."""
+    started = time.perf_counter()
     features, probs = [], []
     total = len(datamodule.data.splits["train"])
     with (
@@ -217,33 +233,33 @@ def embed(run: RunConfig, label: str, datamodule: ImageDataModule, batch_size: i
         tqdm(total=total, desc=label, unit="img", file=sys.stderr, disable=None) as bar,
     ):
         for x in eval_batches(datamodule, batch_size):
-            f = trunk(x.contiguous(memory_format=torch.channels_last)).float()
+            f = model.trunk(x.contiguous(memory_format=torch.channels_last)).float()
             features.append(f)
-            if head is not None:
-                probs.append(torch.softmax(head(f).double(), dim=1).float())
+            if model.head is not None:
+                probs.append(torch.softmax(model.head(f).double(), dim=1).float())
             bar.update(len(x))
     features_t = torch.cat(features)
-    probs_t = torch.cat(probs) if head is not None else None
+    probs_t = torch.cat(probs) if model.head is not None else None
+    cached_at = feature_cache_path(run, datamodule)
     if cached_at is not None:
-        payload = {"features": features_t, "source_probs": probs_t, "note": note, "fingerprint": cached_at[1]}
-        save_cached(cached_at[0], payload)
+        payload = {"features": features_t, "source_probs": probs_t, "note": model.source_note}
+        save_cached(cached_at[0], payload | {"fingerprint": cached_at[1]})
     probs_np = None if probs_t is None else probs_t.numpy()
-    return Embedded(features_t.numpy(), probs_np, note, time.perf_counter() - started, False)
+    return Embedded(features_t.numpy(), probs_np, model.source_note, time.perf_counter() - started, False)
 
 
 def score(embedded: Embedded, labels: np.ndarray, folds: int, seed: int) -> dict[str, float | None]:
     f, p = embedded.features, embedded.source_probs
     probe, probe_std = scores.linear_probe(f, labels, folds, seed)
-    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: see linear_probe
-        return {
-            "logme": scores.log_me(f, labels),
-            "leep": None if p is None else scores.leep(p, labels),
-            "nce": None if p is None else scores.nce(p.argmax(axis=1), labels),
-            "h_score": scores.h_score(f, labels),
-            "h_score_bao": scores.h_score(f, labels, shrink=False),
-            "probe_acc": probe,
-            "probe_acc_std": probe_std,
-        }
+    return {
+        "logme": scores.log_me(f, labels),
+        "leep": None if p is None else scores.leep(p, labels),
+        "nce": None if p is None else scores.nce(p.argmax(axis=1), labels),
+        "h_score": scores.h_score(f, labels),
+        "h_score_bao": scores.h_score(f, labels, shrink=False),
+        "probe_acc": probe,
+        "probe_acc_std": probe_std,
+    }
 
 
 def rank(cfg: DictConfig, out_dir: Path, cli_keys: set[str] = frozenset()) -> dict[str, Any]:
@@ -260,16 +276,27 @@ def rank(cfg: DictConfig, out_dir: Path, cli_keys: set[str] = frozenset()) -> di
     chosen = candidates(entries, group, set(cli_keys))
     runs = [check_candidate(cfg, c) for c in chosen]  # every entry checked before anything is embedded
     data_modules: dict[Any, ImageDataModule] = {}
-    rows = []
-    for candidate, run in zip(chosen, runs):
+    ready: list[tuple[ImageDataModule, Embedded | Model]] = []
+    # First every backbone's data and model (or its cached features): missing weights, a bad checkpoint or
+    # too few images for the folds stop the rank before minutes of embedding, not after.
+    for run in runs:
         preset = get_preset(run.backbone.name, run.backbone.weights, run.data.in_chans)
         if preset not in data_modules:  # backbones with the same preprocessing share the decoded images
             data_modules[preset] = ImageDataModule(run.data, preset, seed=run.seed)
             data_modules[preset].setup()
+            labels = data_modules[preset].labels("train").numpy()
+            scores.require_folds(labels, folds, data_modules[preset].classes)
         datamodule = data_modules[preset]
+        ready.append((datamodule, cached_embedding(run, datamodule) or build_model(run)))
+    rows = []
+    for candidate, run, (datamodule, prepared) in zip(chosen, runs, ready):
+        batches = int(batch_size or datamodule.eval_batch_size)
+        embedded = (
+            prepared
+            if isinstance(prepared, Embedded)
+            else embed(run, prepared, candidate.label, datamodule, batches)
+        )
         labels = datamodule.labels("train").numpy()
-        scores.require_folds(labels, folds, datamodule.classes)
-        embedded = embed(run, candidate.label, datamodule, int(batch_size or datamodule.eval_batch_size))
         rows.append(
             {
                 "label": candidate.label,
@@ -281,7 +308,7 @@ def rank(cfg: DictConfig, out_dir: Path, cli_keys: set[str] = frozenset()) -> di
         )
     datamodule = next(iter(data_modules.values()))
     result = {
-        "data": asdict(runs[0].data),
+        "data": data_record(runs[0]),
         "seed": runs[0].seed,
         "classes": datamodule.classes,
         "train_images": len(datamodule.data.splits["train"]),
@@ -294,6 +321,14 @@ def rank(cfg: DictConfig, out_dir: Path, cli_keys: set[str] = frozenset()) -> di
     write_json_atomic(out_dir / RANK_FILE, result)
     plot_rank(result, out_dir / "rank.png")
     return result
+
+
+def data_record(run: RunConfig) -> dict[str, Any]:
+    """The data values as rank.json keeps them: the image folder as an absolute path (see backbone_record)."""
+    values = asdict(run.data)
+    if values["root"]:
+        values["root"] = str(Path(values["root"]).expanduser().resolve())
+    return values
 
 
 def backbone_record(run: RunConfig) -> dict[str, Any]:
