@@ -207,3 +207,9 @@ def test_a_random_init_is_drawn_from_the_seed_so_two_ranks_agree(images):
     first, again, other = (rank_module.build_model(run).trunk.state_dict() for run in runs)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_a_data_error_is_not_blamed_on_a_backbone(rank_cli, tmp_path):
+    status, _, err = rank_cli("data=imagefolder", f"hydra.run.dir={tmp_path}", "rank.backbones=[resnet18]")
+    assert status == 1
+    assert "error: data=imagefolder needs data.root=" in err and "rank.backbones" not in err

@@ -109,6 +109,8 @@ def check_candidate(cfg: DictConfig, candidate: Candidate) -> RunConfig:
     try:
         return check_config(run_cfg)
     except ValueError as error:
+        if "backbone" not in str(error):  # the message names its key: data.root=... needs no backbone label
+            raise
         raise ConfigError(f"rank.backbones: {candidate.label}: {error}") from None
 
 
