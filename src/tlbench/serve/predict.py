@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from tlbench.data.images import BadImageError, read_image
 from tlbench.data.preset import Preset, eval_transform
-from tlbench.data.sources import IMAGE_EXTENSIONS
+from tlbench.data.sources import IMAGE_EXTENSIONS, image_files
 from tlbench.models.backbones import build_imagenet_classifier
 from tlbench.models.module import TransferModule, decide
 from tlbench.models.weights import WeightsUnavailableError
@@ -172,13 +172,15 @@ def write_cams(
 
 
 def expand_folders(inputs: list[str]) -> list[str]:
-    """Image files as given; a folder stands for the image files under it, in sorted order."""
+    """Image files as given; a folder stands for the image files under it, in sorted order, without hidden
+    files and folders (.ipynb_checkpoints/, __MACOSX/, ._x.jpg: as training leaves them out)."""
     paths = []
     for item in inputs:
         if Path(item).is_dir():
-            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = image_files(item)
             if not found:
-                raise FileNotFoundError(f"no image files under {item}")
+                looked = ", ".join(IMAGE_EXTENSIONS)
+                raise FileNotFoundError(f"no image files under {item} (looked for {looked}; not hidden ones)")
             paths += [str(p) for p in found]
         else:
             paths.append(item)
