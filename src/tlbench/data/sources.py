@@ -335,12 +335,30 @@ def load_source(
     return fashion_mnist_source(root, val_fraction, seed, in_chans, download)
 
 
-def per_class_subset(split: LabelledItems, per_class: int, seed: int) -> list[int]:
-    """Seeded: exactly `per_class` indices of each class (or all a class has), sorted."""
+def per_class_subset(
+    split: LabelledItems, per_class: int, seed: int, classes: Sequence[str] | None = None, key: str = ""
+) -> list[int]:
+    """Seeded: exactly `per_class` indices of each class (or all a class has), sorted. With `classes` and
+    `key` (data.per_class): one warning naming the classes that have fewer, and how many each gives."""
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
-    chosen = [rng.permutation(np.flatnonzero(targets == label))[:per_class] for label in np.unique(targets)]
+    labels = np.unique(targets)
+    chosen = [rng.permutation(np.flatnonzero(targets == label))[:per_class] for label in labels]
+    if classes is not None:
+        short = {classes[int(c)]: len(kept) for c, kept in zip(labels, chosen) if len(kept) < per_class}
+        if short:
+            listed = ", ".join(f"{name}: {count}" for name, count in short.items())
+            log.warning(
+                "%s=%d is more than %d class(es) have; using all they have (%s); results.json lists "
+                "the images used per class (train_per_class)", key, per_class, len(short), listed,
+            )  # fmt: skip
     return sorted(int(i) for members in chosen for i in members)
+
+
+def class_counts(split: LabelledItems, classes: Sequence[str]) -> dict[str, int]:
+    """How many images of each class `split` holds, in class order (zero for an absent class)."""
+    counts = np.bincount(np.asarray(split.targets, dtype=int), minlength=len(classes))
+    return {name: int(count) for name, count in zip(classes, counts)}
 
 
 def find_bad_files(paths: Sequence[str], workers: int) -> dict[str, str]:

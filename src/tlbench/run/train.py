@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench.config.schema import RunConfig
 from tlbench.data.datamodule import ImageDataModule
+from tlbench.data.sources import class_counts
 from tlbench.models.backbones import get_preset
 from tlbench.models.module import TransferModule
 from tlbench.models.steps import resolve_cuda_graph
@@ -154,6 +155,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "per_class_acc": module.test_per_class_result,
         "classes": datamodule.classes,
         "split_sizes": sizes,
+        # What was trained on per class: data.per_class is what was asked (params), a class may have fewer.
+        "train_per_class": class_counts(datamodule.data.splits["train"], datamodule.classes),
         "test_split": datamodule.data.test_split,
         # Two classes: the best checkpoint's threshold (chosen on val), used by test/*@thr and predict.
         "threshold": module.threshold,
