@@ -34,6 +34,7 @@ def check_config(cfg: DictConfig) -> RunConfig:
             raise ConfigError(
                 f"strategy={strategy.name} needs strategy.{key}=<epochs>, got null: e.g. strategy.{key}=1"
             )
+    check_accelerator(run.trainer.accelerator, run.trainer.devices)
     if run.tune.min_lr >= run.tune.max_lr:
         raise ConfigError(f"tune.min_lr ({run.tune.min_lr}) must be below tune.max_lr ({run.tune.max_lr})")
     checkpoint = run.backbone.checkpoint
@@ -50,6 +51,51 @@ def check_config(cfg: DictConfig) -> RunConfig:
             f"backbone.name={run.backbone.name} / backbone.weights={run.backbone.weights}: {error}"
         ) from None
     return run
+
+
+# What each trainer.accelerator needs, as the error names it.
+DEVICE_KINDS = {
+    "gpu": "a CUDA or Apple MPS GPU",
+    "cuda": "a CUDA GPU",
+    "mps": "an Apple MPS GPU",
+    "tpu": "a TPU (with torch_xla installed)",
+}
+
+
+def available_devices(accelerator: str) -> int:
+    """How many devices of this kind Lightning can use here, asked without starting CUDA (Lightning sets
+    PYTORCH_NVML_BASED_CUDA_CHECK, so torch counts GPUs through NVML); 0 when the backend is missing."""
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
+
+    try:
+        if accelerator in ("cuda", "gpu") and CUDAAccelerator.is_available():
+            return CUDAAccelerator.auto_device_count()
+        if accelerator in ("mps", "gpu") and MPSAccelerator.is_available():
+            return 1
+        if accelerator == "tpu" and XLAAccelerator.is_available():
+            return XLAAccelerator.auto_device_count()
+    except Exception:  # noqa: BLE001 - a backend that cannot even be asked is not available
+        return 0
+    return 0
+
+
+def check_accelerator(accelerator: str, devices: int | str | tuple[int, ...]) -> None:
+    """trainer.accelerator names a device this machine has (else Lightning fails once the data are loaded,
+    33 lines deep), and trainer.devices asks for no more of them than it has."""
+    if accelerator in ("auto", "cpu"):
+        return
+    count = available_devices(accelerator)
+    if count == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs {DEVICE_KINDS[accelerator]} and this machine has none; "
+            "use trainer.accelerator=auto (a GPU when there is one, else the CPU) or trainer.accelerator=cpu"
+        )
+    wanted = max(devices) + 1 if isinstance(devices, tuple) else devices
+    if isinstance(wanted, int) and wanted > count:
+        raise ConfigError(
+            f"trainer.devices={devices} asks for more {accelerator} devices than the {count} this machine "
+            f"has; use trainer.devices=auto or at most {count}"
+        )
 
 
 def check_against_data(run: RunConfig, num_classes: int) -> None:
