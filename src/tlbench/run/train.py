@@ -34,7 +34,7 @@ from tlbench.models.steps import resolve_cuda_graph
 from tlbench.results.files import RESULTS_FILE, read_results, versions, write_json_atomic
 from tlbench.results.predictions import write_predictions
 from tlbench.run import folder, sweep, tune
-from tlbench.run.checks import check_against_data, check_config
+from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
 from tlbench.run.runtime import keep_freed_memory
@@ -298,6 +298,7 @@ def record_signal(run_dir: Path, signum: int) -> folder.RunInterrupted:
 def main() -> float | None:
     """`python -m tlbench.train` (and the `tlbench-train` script): Hydra parses the command line."""
     sweep.register_with_hydra()
+    sys.argv[1:] = expand_tilde_overrides(sys.argv[1:])  # data.root=~/data: Hydra's grammar rejects ~
     return hydra_main()
 
 
