@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tlbench.analysis.collect import ALL
+from tlbench.analysis.fonts import any_script
 from tlbench.analysis.summary import (
     COSTS,
     METRICS,
@@ -27,6 +28,7 @@ RELIABILITY_BINS = 10
 POINT = {"markersize": 8, "capsize": 3, "linestyle": "none"}  # a configuration in the cost charts
 
 
+@any_script()
 def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Path:
     """Bars of mean `metric` ± std per strategy, grouped by backbone (and data / size where they vary)."""
     from matplotlib.figure import Figure
@@ -67,6 +69,7 @@ def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Pat
     return path
 
 
+@any_script()
 def plot_learning_curves(groups: list[Group], out_dir: Path, metric: str = RANK_BY) -> list[Path]:
     """Per backbone with two or more data sizes: `metric` ± std vs images per class; dashed: all images."""
     from matplotlib.figure import Figure
@@ -123,6 +126,7 @@ def frontier(xs: np.ndarray, ys: np.ndarray, more_is_better: bool) -> tuple[np.n
     return xs[keep], ys[keep]
 
 
+@any_script()
 def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str = RANK_BY) -> Path:
     """Accuracy against each cost, a row per data × size; hollow: dominated; dashed: the panel's frontier."""
     pareto_figure(pareto, metric).savefig(path, dpi=110)
@@ -188,6 +192,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray
     return mean_confidence, accuracy, counts[filled]
 
 
+@any_script()
 def plot_reliability(analysis: Analysis, out_dir: Path) -> list[Path]:
     """reliability_<backbone>.png from the predictions files: accuracy against the confidence of the
     predicted class (below the diagonal: over-confident); a panel per data × size, a curve per strategy,

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from tlbench.analysis.fonts import any_script
 from tlbench.data.preset import denormalize
 from tlbench.models.module import BinaryDecision
 
@@ -113,6 +114,7 @@ def log_images(logger, images: dict[str, np.ndarray], step: int = 0) -> None:
     writer.flush()
 
 
+@any_script()  # class names in any script (fonts.py)
 def write_run_figures(
     run_dir: str | Path,
     logger,
