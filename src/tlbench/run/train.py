@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tlbench.run import folder, sweep, tune
 from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
+from tlbench.run.logs import api_logging, quiet_expected_noise
 from tlbench.run.runtime import keep_freed_memory
 from tlbench.run.trainer import LOG_FOLDERS, build_trainer, log_hparams, trainer_options
 
@@ -89,11 +89,10 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+@quiet_expected_noise()
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """One run from config to results.json; returns the results (empty on DDP ranks other than 0)."""
     started = time.perf_counter()
-    # Frozen BatchNorm layers are in eval mode on purpose (strategy.bn=eval); Lightning warns each fit.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     run = check_config(cfg)
     keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
@@ -197,6 +196,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
+@quiet_expected_noise()
 def find_lr(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """tune.lr_find=true: the LR range test on this run's data, module and trainer settings (tune.py)."""
     run = check_config(cfg)
@@ -250,7 +250,8 @@ def run(overrides: list[str] | None = None, run_dir: str | Path | None = None) -
     if run_dir is None:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         run_dir = Path("outputs/runs") / f"{stamp}_{cfg.backbone.name.replace('/', '_')}_{cfg.strategy.name}"
-    return train(cfg, Path(run_dir))
+    with api_logging(Path(run_dir)):  # the CLI's lines (Hydra configures its logging, Python does not)
+        return train(cfg, Path(run_dir))
 
 
 def preflight(cfg: DictConfig, run_dir: Path) -> None:

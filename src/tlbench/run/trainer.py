@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlbench.models.recipes import early_stopping, ema_callback
 from tlbench.run import folder
 from tlbench.run.cost import RunCost
+from tlbench.run.progress import EpochLog, show_progress_bar
 
 log = logging.getLogger("tlbench")
 
@@ -61,6 +62,10 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     # Only `auto` depends on the device: an explicit precision needs no probe Trainer.
     device = trainer_device(options) if precision in (None, "auto") else None
     options["precision"] = resolve_precision(precision, device)
+    options["enable_progress_bar"] = show_progress_bar(options.get("enable_progress_bar", True))
+    # Lightning's model summary repeats the parameter counts train.py logs (with the stages that train)
+    # and shows 0 FLOPs for a module without an example input: tlbench's line replaces it.
+    options["enable_model_summary"] = False
     return options
 
 
@@ -137,6 +142,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trai
     recipe = [ema_callback(cfg.optim.get("ema")), early_stopping(monitor, mode, patience)]
     callbacks = [c for c in recipe if c is not None]
     callbacks += [checkpoint, latest, CheckpointOnInterrupt(run_dir / folder.CHECKPOINT_DIR, "last"), cost]
+    callbacks.append(EpochLog(monitor, mode))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)

@@ -1,0 +1,124 @@
+"""What a run shows: one line per epoch in the log (train.log, a redirected stream, a notebook), a progress
+bar only on a terminal, the Python API's INFO lines, and none of the third-party lines tlbench triggers."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import sys
+import warnings
+
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import ProgressBar
+
+from conftest import make_image_folder, small
+from tlbench.run.logs import LOG_FILE, api_logging, quiet_expected_noise
+from tlbench.run.progress import duration, show_progress_bar
+from tlbench.run.train import compose_config, run
+from tlbench.run.trainer import trainer_options
+
+EPOCH_LINE = re.compile(
+    r"epoch (\d+)/2 \| train loss \d+\.\d+ acc \d\.\d+ \| val loss \d+\.\d+ acc \d\.\d+"
+    r"( \(new best\)| \(best acc \d\.\d+\)) \| \d+ img/s \| \d+:\d\d/epoch, ETA \d+:\d\d"
+)
+# The Lightning lines a fresh tlbench run used to print, each sounding like a failure or selling something.
+NOISE = (
+    "was called without a model",
+    "no last checkpoint available",
+    "LeafSpec",
+    "smaller than the logging interval",
+    "in eval mode",
+    "💡 Tip",
+)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_run_logs_one_line_per_epoch_and_none_of_the_expected_third_party_noise(cli, tmp_path, recwarn):
+    images = make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4})
+    lightning_info, text = logging.getLogger("lightning.pytorch.utilities.rank_zero"), io.StringIO()
+    catch = logging.StreamHandler(text)
+    lightning_info.addHandler(catch)
+    try:
+        # strategy=freeze: BatchNorm in eval mode; 2 batches < log_every_n_steps; a fresh folder: no last.ckpt
+        ran = cli(*small(images), "strategy=freeze", "trainer.max_epochs=2", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    finally:
+        lightning_info.removeHandler(catch)
+    assert ran.returncode == 0, ran.stderr
+    epochs = [int(m.group(1)) for m in map(EPOCH_LINE.search, ran.stdout.splitlines()) if m]
+    assert epochs == [1, 2], ran.stdout
+    shown = ran.stdout + ran.stderr + text.getvalue() + "\n".join(str(w.message) for w in recwarn)
+    assert [noise for noise in NOISE if noise in shown] == []
+    assert "FLOPs" not in shown
+
+
+def test_only_the_expected_messages_are_silenced():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_expected_noise():
+            warnings.warn("Found 3 module(s) in eval mode at the start of training", stacklevel=1)
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", stacklevel=1)
+            warnings.warn("The dataloader does not have many workers", stacklevel=1)
+        warnings.warn("Found 3 module(s) in eval mode at the start of training", stacklevel=1)
+    assert [str(w.message) for w in caught] == [
+        "The dataloader does not have many workers",
+        "Found 3 module(s) in eval mode at the start of training",  # outside a run: Lightning's again
+    ]
+
+
+def test_the_progress_bar_is_drawn_only_on_a_terminal(tmp_path, monkeypatch):
+    cfg = compose_config([*small(tmp_path), "trainer.enable_progress_bar=true"])
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # redirected (SLURM, nohup, `> log`)
+    assert trainer_options(cfg)["enable_progress_bar"] is False
+    monkeypatch.setattr(sys, "stdout", FakeTerminal())
+    monkeypatch.setattr(sys, "stderr", FakeTerminal())
+    options = trainer_options(cfg)
+    assert options["enable_progress_bar"] is True
+    assert show_progress_bar(False) is False  # trainer.enable_progress_bar=false: never
+    trainer = L.Trainer(**options, logger=False)
+    assert any(isinstance(c, ProgressBar) for c in trainer.callbacks)
+
+
+def test_durations_read_at_a_glance():
+    assert [duration(s) for s in (0, 7.4, 65, 3600 + 62)] == ["0:00", "0:07", "1:05", "1:01:02"]
+
+
+def test_the_python_api_prints_the_cli_lines_and_writes_train_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # plain `python`, a notebook: no logging
+    images = make_image_folder(tmp_path / "images", per_split={"train": 8, "val": 4})
+    run_dir = tmp_path / "run"
+    run([*small(images), "trainer.max_epochs=2", "logger=none", "trainer.enable_progress_bar=false"], run_dir)
+    out = capsys.readouterr().out
+    for line in ("data: 2 classes ['cat', 'dog']", "parameters train (stages:", "epoch 2/2 | train loss"):
+        assert out.count(line) == 1, out
+    assert "epoch 1/2 | train loss" in (run_dir / LOG_FILE).read_text()
+    assert not logging.getLogger("tlbench").handlers  # nothing left behind for the caller's next cell
+
+
+def test_api_logging_keeps_a_configured_logging_and_prints_nothing_twice(tmp_path, monkeypatch, capsys):
+    configured = io.StringIO()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(configured)])
+    with api_logging(tmp_path / "run"):
+        logging.getLogger("tlbench").warning("one line")
+    assert configured.getvalue() == "one line\n"
+    assert capsys.readouterr().out == "" and not (tmp_path / "run" / LOG_FILE).exists()
+
+
+@pytest.mark.parametrize("level", [logging.WARNING, logging.NOTSET])
+def test_api_logging_keeps_a_level_the_caller_set(tmp_path, monkeypatch, capsys, level):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    tlbench, before = logging.getLogger("tlbench"), logging.getLogger("tlbench").level
+    tlbench.setLevel(level)
+    try:
+        with api_logging(tmp_path / "run"):
+            tlbench.info("an info line")
+        assert tlbench.level == level
+    finally:
+        tlbench.setLevel(before)
+    assert ("an info line" in capsys.readouterr().out) is (level == logging.NOTSET)
