@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import data_config, make_image_folder, shared_data, write_images
+from tlbench.data import datamodule as datamodule_module
 from tlbench.data.datamodule import ImageDataModule, eval_transform, train_transform
 from tlbench.data.images import read_image
 from tlbench.data.sources import (
@@ -71,6 +72,41 @@ def test_per_class_subset_is_exact_seeded_and_saved(tmp_path):
     again = datamodule(root, per_class=5, seed=3)
     again.setup()
     assert again.data.splits["train"].items == dm.data.splits["train"].items
+
+
+def test_val_per_class_auto_scales_validation_with_the_training_subset(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_split={"train": 9, "val": 8})
+    monkeypatch.setattr(datamodule_module, "VAL_AUTO_MIN_IMAGES", 6)  # 3 per class with two classes
+    sizes = {
+        (per_class, val): datamodule(root, per_class=per_class, val_per_class=val).split_sizes()["val"]
+        for per_class, val in [(2, "auto"), (5, "auto"), (None, "auto"), (2, None), (2, 7)]
+    }
+    # auto: as many per class as train, at least the floor; without data.per_class all; null all; a number.
+    assert sizes == {(2, "auto"): 6, (5, "auto"): 10, (None, "auto"): 16, (2, None): 16, (2, 7): 14}
+    dm = datamodule(root, per_class=2)
+    dm.setup()
+    assert dm.eval_subsets == {"val_per_class": 3, "test_per_class": None, "test_subset_seed": 0}
+
+
+def test_results_say_which_evaluation_subsets_a_run_used(finished_run):
+    saved = json.loads((finished_run.run_dir / "results.json").read_text())
+    # auto without data.per_class: the whole validation split; no test subset unless asked
+    assert saved["eval_subsets"] == {"val_per_class": None, "test_per_class": None, "test_subset_seed": 0}
+
+
+def test_test_per_class_is_the_same_subset_for_every_seed_and_training_size(tmp_path):
+    splits = {"train": 9, "val": 3, "test": 8}
+    root = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_split=splits)
+    tested = []
+    for seed, per_class in [(0, 2), (1, 2), (2, 5), (3, None)]:
+        dm = datamodule(root, seed=seed, per_class=per_class, test_per_class=3)
+        dm.setup()
+        tested.append(dm.data.splits["test"].items)
+        assert dm.eval_subsets["test_per_class"] == 3
+    assert len(tested[0]) == 6 and np.bincount(dm.data.splits["test"].targets).tolist() == [3, 3]
+    assert all(items == tested[0] for items in tested)
+    whole = datamodule(root, seed=1)
+    assert whole.split_sizes()["test"] == 16 and whole.eval_subsets["test_per_class"] is None
 
 
 def test_per_class_subset_differs_with_seed():
@@ -197,7 +233,8 @@ def test_cifar10_offline_without_files_says_where_to_put_them(tmp_path):
 def test_fashion_mnist_from_the_debian_package(tmp_path):
     if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
-    dm = datamodule(tmp_path, GRAY, source="fashion_mnist", per_class=20, download=False, val_fraction=0.1)
+    subset = {"per_class": 20, "val_per_class": None}
+    dm = datamodule(tmp_path, GRAY, source="fashion_mnist", download=False, val_fraction=0.1, **subset)
     assert dm.num_classes == 10 and dm.classes[0] == "T-shirt/top"
     assert dm.split_sizes() == {"train": 200, "val": 6000, "test": 10000}
     images, labels = next(iter(dm.train_dataloader()))

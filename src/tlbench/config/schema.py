@@ -95,7 +95,11 @@ class DataConfig:
     root: str | None
     in_chans: int = rule(choices=(1, 3), hint="1 (grayscale) or 3 (RGB)")
     per_class: int | None = rule(ge=1, null="all")
-    val_per_class: int | None = rule(ge=1, null="all")
+    val_per_class: int | str | None = rule(
+        check=lambda v: v == "auto" or (is_whole(v) and v >= 1), null="all",
+        expect="auto (scaled to data.per_class) or a whole number ≥ 1", example="100",
+    )  # fmt: skip
+    test_per_class: int | None = rule(ge=1, null="all", example="100")
     val_fraction: float = rule(gt=0.0, lt=1.0)
     test_fraction: float | None = rule(gt=0.0, lt=1.0, null="test on val")
     folds: int | None = rule(ge=2, null="no cross-validation")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -35,6 +36,11 @@ from tlbench.data.sources import (
 )
 
 log = logging.getLogger(__name__)
+# data.val_per_class=auto validates on at least this many images: accuracy's standard error ≤ 1.6 points.
+VAL_AUTO_MIN_IMAGES = 1000
+# data.test_per_class draws its subset with this seed, not the run's: every run of a comparison (any seed,
+# strategy or data.per_class) tests the same images, which the report's paired verdicts need.
+TEST_SEED = 0
 __all__ = ["ImageDataModule", "eval_transform", "train_transform", "with_image_size", "default_cache_dir"]
 
 
@@ -84,6 +90,7 @@ class ImageDataModule(L.LightningDataModule):
         self.pipeline: StreamingPipeline | MemoryPipeline | FeaturePipeline | None = None
         self.data: SourceData | None = None
         self.bad_images: dict[str, str] = {}
+        self.eval_subsets: dict[str, int | None] = {}
 
     @property
     def classes(self) -> list[str]:
@@ -112,7 +119,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.data is not None:
             return
         data = self.load()
-        per_class, val_per_class = self.config.per_class, self.config.val_per_class
+        per_class = self.config.per_class
         # Before k-fold and subsets: the carved test images are never trained or validated on.
         carve_test_split(data, self.config.test_fraction, self.seed)
         if self.config.folds is not None:
@@ -123,11 +130,7 @@ class ImageDataModule(L.LightningDataModule):
             data.splits["train"] = data.splits["train"].select(
                 per_class_subset(data.splits["train"], per_class, self.seed, data.classes, "data.per_class")
             )
-        if val_per_class is not None:
-            # A smaller validation set only where asked: it is checked every epoch.
-            val = data.splits["val"]
-            chosen = per_class_subset(val, val_per_class, self.seed, data.classes, "data.val_per_class")
-            data.splits["val"] = val.select(chosen)
+        self.eval_subsets = self.subset_evaluation(data)
         self.pipeline = self.choose_pipeline(data)
         self.bad_images = self.pipeline.load(data)
         self.report_bad_images()
@@ -138,6 +141,31 @@ class ImageDataModule(L.LightningDataModule):
             self.save_record("test_split.json", data.splits["test"], test_fraction=self.config.test_fraction)
         self.data = data
         log.info("data pipeline: %s", self.pipeline.name)
+
+    def subset_evaluation(self, data: SourceData) -> dict[str, int | None]:
+        """data.val_per_class / data.test_per_class: seeded per-class subsets of the splits a run evaluates,
+        so a small training subset is not outweighed by evaluating thousands of images. Returns what was
+        used (results.json's `eval_subsets`)."""
+        used = {"val_per_class": resolved_val_per_class(self.config, len(data.classes))}
+        used["test_per_class"] = self.config.test_per_class
+        for split, seed in (("val", self.seed), ("test", TEST_SEED)):
+            per_class, whole = used[f"{split}_per_class"], data.splits[split]
+            if per_class is None:
+                continue
+            key = f"{split}_per_class"
+            asked = getattr(self.config, key) != "auto"  # auto takes what a class has without a warning
+            chosen = per_class_subset(whole, per_class, seed, data.classes if asked else None, f"data.{key}")
+            data.splits[split] = whole.select(chosen)
+            if len(data.splits[split]) < len(whole):
+                setting = f"data.{key}={getattr(self.config, key)}: {per_class} per class"
+                log.info("%s: %d of %d images (%s)", split, len(data.splits[split]), len(whole), setting)
+        train, test = len(data.splits["train"]), len(data.splits["test"])
+        if used["test_per_class"] is None and test > 10 * train:
+            log.info(
+                "testing on all %d test images, %.0fx the training images: data.test_per_class=N tests every "
+                "run on the same N per class", test, test / max(train, 1),
+            )  # fmt: skip
+        return {**used, "test_subset_seed": TEST_SEED}
 
     def cross_validate(self, data: SourceData) -> None:
         """data.folds=K: train+val in K folds; fold data.fold validates (and tests if none), others train."""
@@ -265,6 +293,16 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return self.loader("test", shuffle=False, batch_size=self.eval_batch_size)
+
+
+def resolved_val_per_class(config: DataConfig, num_classes: int) -> int | None:
+    """data.val_per_class=auto: with data.per_class set, as many per class as train (validation noise then
+    matches what the run can learn from), but at least VAL_AUTO_MIN_IMAGES in all; without it, all."""
+    if config.val_per_class != "auto":
+        return config.val_per_class
+    if config.per_class is None:
+        return None
+    return max(config.per_class, math.ceil(VAL_AUTO_MIN_IMAGES / num_classes))
 
 
 def check_every_class_is_present(data: SourceData, where: str) -> None:

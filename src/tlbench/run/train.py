@@ -157,6 +157,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # What was trained on per class: data.per_class is what was asked (params), a class may have fewer.
         "train_per_class": class_counts(datamodule.data.splits["train"], datamodule.classes),
         "test_split": datamodule.data.test_split,
+        "eval_subsets": datamodule.eval_subsets,  # data.val_per_class / test_per_class as used
         # Two classes: the best checkpoint's threshold (the run's one value), used by test/*@thr, the
         # figures and predict; `decision` says which class it picks and where the threshold was chosen.
         "threshold": module.threshold,
