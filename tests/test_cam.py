@@ -3,7 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from tlbench.data.preset import Preset
 from tlbench.models.backbones import build_backbone
 from tlbench.models.module import TransferModule
 from tlbench.serve.cam import cam_overlay, grad_cam, target_layer
@@ -33,8 +35,22 @@ def test_grad_cam_gives_a_map_of_the_input_size_even_with_a_frozen_backbone():
 
     assert heat_maps.shape == (2, 48, 64)
     assert heat_maps.min() >= 0 and heat_maps.max() <= 1 and heat_maps.max() > 0
-    overlay = cam_overlay(images[0], heat_maps[0], mean=(0.5,), std=(0.25,))
-    assert overlay.shape == (48, 64, 3) and overlay.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("size", "side"),
+    [((40, 30), 320), ((600, 400), 350), ((4000, 3000), 1024)],  # upsampled, the crop's own, capped
+)
+def test_an_overlay_shows_the_original_crop_at_a_readable_size(size, side):
+    # A 112-px crop (resize 128): the region the network saw, in the original's pixels, at 320-1024 px a side.
+    preset = Preset((0.5,) * 3, (0.25,) * 3, resize_size=128, crop_size=112, interpolation="bilinear")
+    original = Image.new("RGB", size, (200, 40, 40))
+    heat_map = np.zeros((112, 112), dtype=np.float32)
+    heat_map[:, 56:] = 1.0  # the right half drove the prediction
+    overlay = cam_overlay(original, heat_map, preset)
+    assert overlay.shape == (side, side, 3) and overlay.dtype == np.uint8
+    left, right = overlay[side // 2, side // 8].astype(int), overlay[side // 2, -side // 8].astype(int)
+    assert (left != right).any()  # the heat map is laid over, scaled with the image
 
 
 def test_a_transformer_has_no_feature_map_to_explain():

@@ -51,7 +51,8 @@ def test_cli_cam_writes_an_overlay_per_image_of_the_input_size(checkpoint, tmp_p
     overlays = sorted(out.glob("*_cam.png"))
     assert [p.name for p in overlays] == ["img_000_cam.png", "img_001_cam.png"]
     with Image.open(overlays[0]) as png:
-        assert png.format == "PNG" and png.mode == "RGB" and png.size == (32, 32)  # the preset's crop
+        # The 32-px crop the network saw, shown over the original's pixels at a readable 320 px.
+        assert png.format == "PNG" and png.mode == "RGB" and png.size == (320, 320)
 
 
 @pytest.mark.slow  # real images, ImageNet weights
@@ -75,8 +76,9 @@ def test_zero_shot_cli_needs_no_checkpoint_and_explains_with_cam(tmp_path, capsy
     assert main(["--backbone", "efficientnet_lite0", str(bee), "--top-k", "2", "--cam", str(out)]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"{bee}: ") and first.count("%") == 2
-    with Image.open(out / f"{bee.stem}_cam.png") as png:
-        assert png.size == (224, 224)
+    with Image.open(out / f"{bee.stem}_cam.png") as png, Image.open(bee) as photo:
+        # Lite0's 224 crop of a 256 resize, in the photo's own pixels (at least 320 a side)
+        assert png.size[0] == png.size[1] == max(320, round(min(photo.size) * 224 / 256))
     assert main(["--backbone", "efficientnet_lite0", str(bee), "--weights", "null"]) == 1
     assert "needs pretrained weights" in capsys.readouterr().err
 

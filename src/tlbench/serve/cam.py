@@ -7,11 +7,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from tlbench.data.preset import denormalize
+from tlbench.data.preset import Preset
 
 __all__ = ["cam_overlay", "grad_cam", "target_layer"]
+
+# An overlay's side in pixels: a network's crop (32 to 224 px) is too small to read on a screen, and a photo's
+# full resolution makes a PNG of megabytes.
+OVERLAY_MIN_SIDE, OVERLAY_MAX_SIDE = 320, 1024
 
 _INSTALL_HINT = "pip install grad-cam (or pip install 'tlbench[cam]')"
 
@@ -83,11 +88,19 @@ def grad_cam(
         return cam(input_tensor=inputs, targets=targets)
 
 
-def cam_overlay(
-    image: torch.Tensor, heat_map: np.ndarray, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """A normalised (C, H, W) image with its heat map laid over it: uint8 (H, W, 3), ready to save."""
+def cam_overlay(original: Image.Image, heat_map: np.ndarray, preset: Preset) -> np.ndarray:
+    """The heat map laid over the original image's pixels where the network looked (the preset's resize and
+    centre crop, mapped back to the original), at a readable size: that region's own resolution, between
+    OVERLAY_MIN_SIDE and OVERLAY_MAX_SIDE pixels a side. uint8 (side, side, 3), ready to save."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    rgb = denormalize(image[None], mean, std)[0].permute(1, 2, 0).expand(-1, -1, 3).contiguous()
-    return show_cam_on_image(rgb.numpy().astype(np.float32), heat_map, use_rgb=True)
+    width, height = original.size
+    side = preset.crop_size * min(width, height) / preset.resize_size  # the crop, in original pixels
+    left, top = (width - side) / 2, (height - side) / 2
+    out = int(min(max(round(side), OVERLAY_MIN_SIDE), OVERLAY_MAX_SIDE))
+    box = (round(left), round(top), round(left + side), round(top + side))
+    region = original.convert("RGB").crop(box).resize((out, out), Image.Resampling.BICUBIC)
+    heat = Image.fromarray(np.asarray(heat_map, dtype=np.float32))
+    heat = heat.resize((out, out), Image.Resampling.BILINEAR)
+    rgb = np.asarray(region, dtype=np.float32) / 255.0
+    return show_cam_on_image(rgb, np.clip(np.asarray(heat), 0.0, 1.0), use_rgb=True)

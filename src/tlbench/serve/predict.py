@@ -166,7 +166,8 @@ def write_cams(
             _, layer = target_layer(model.net, model.stages, image.shape, stage)
         heat_map = grad_cam(model.net, image[None], layer)[0]
         target = out_dir / f"{Path(path).stem}_cam.png"
-        Image.fromarray(cam_overlay(image.cpu(), heat_map, model.preset.mean, model.preset.std)).save(target)
+        original = read_image(path, len(model.preset.mean))  # readable: the original's pixels, not the crop
+        Image.fromarray(cam_overlay(original, heat_map, model.preset)).save(target)
         written.append(target)
     return written
 
