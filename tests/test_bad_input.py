@@ -180,6 +180,34 @@ def test_cli_prints_one_error_line_and_keeps_the_run_folder(folder, tmp_path, cl
     assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("+data.bogus=1", "data.bogus"),  # a key the schema does not know
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.root=/no/such/folder", "data.root"),
+        ("backbone.name=no_such_net", "no_such_net"),
+        ("strategy=gradual strategy.unfreeze_every=null", "strategy.unfreeze_every"),
+    ],
+)
+def test_a_refused_command_leaves_no_run_folder(folder, tmp_path, cli, override, key):
+    done = cli(*small(folder), *override.split(), cwd=tmp_path)  # the default outputs/runs/<time>_… folder
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and key in errors[0], done.stderr
+    assert "traceback in" not in done.stderr  # nothing left to look in
+    assert list((tmp_path / "outputs" / "runs").glob("*")) == []
+
+
+def test_a_refused_run_in_a_folder_with_other_files_keeps_them(folder, tmp_path, cli):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    done = cli(*small(folder), "data.val_fraction=1.5", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 1 and (run_dir / "notes.txt").read_text() == "mine"
+    assert (run_dir / "error.txt").exists() and "traceback in" in done.stderr
+
+
 # ------------------------------------------------------------------------------------------ checkpoint files
 def truncated_checkpoint(tmp_path: Path) -> Path:
     whole = save_untrained_checkpoint(tmp_path / "whole.ckpt", ["cat", "dog"]).read_bytes()

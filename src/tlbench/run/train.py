@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,14 @@ from tlbench.data.sources import class_counts
 from tlbench.models.backbones import get_preset
 from tlbench.models.module import TransferModule
 from tlbench.models.steps import resolve_cuda_graph
-from tlbench.results.files import RESULTS_FILE, read_results, versions, write_json_atomic
+from tlbench.results.files import (
+    CLAIM_FILE,
+    ERROR_FILE,
+    RESULTS_FILE,
+    read_results,
+    versions,
+    write_json_atomic,
+)
 from tlbench.results.predictions import write_predictions
 from tlbench.run import folder, sweep, tune
 from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides
@@ -293,6 +301,17 @@ def prepare_folder(cfg: DictConfig, run_dir: Path) -> dict | None:
     return None
 
 
+def discard_unprepared(run_dir: Path, hydra_cfg: DictConfig) -> bool:
+    """A single run refused before its folder was prepared (no run_config.json) leaves nothing worth keeping
+    in the folder Hydra made for it: remove it when it holds only `.hydra/`, the job log, the claim and
+    error.txt, so a mistyped command leaves no empty run behind. True if it was removed."""
+    leftovers = {".hydra", f"{hydra_cfg.job.name}.log", CLAIM_FILE, ERROR_FILE}
+    if not is_first_process() or any(path.name not in leftovers for path in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
 def record_signal(run_dir: Path, signum: int) -> folder.RunInterrupted:
     """Leave interrupted.txt saying where the run stopped; returns the exception that ends the process."""
     record = folder.record_interrupted(run_dir, signum)
@@ -364,7 +383,9 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | No
                 )
                 return None
             if is_user_error(error):
-                print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
+                removed = discard_unprepared(run_dir, hydra_cfg)
+                where = "" if removed else f"\n(traceback in {run_dir / ERROR_FILE})"
+                print(f"\nerror: {error}{where}", file=sys.stderr)
                 sys.exit(1)
             raise
     if results:
