@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import warnings
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -15,7 +16,7 @@ from lightning.pytorch.callbacks import ProgressBar
 
 from conftest import make_image_folder, small
 from tlbench.run.logs import LOG_FILE, api_logging, quiet_expected_noise
-from tlbench.run.progress import duration, show_progress_bar
+from tlbench.run.progress import EpochLog, duration, show_progress_bar
 from tlbench.run.train import compose_config, run
 from tlbench.run.trainer import trainer_options
 
@@ -122,3 +123,12 @@ def test_api_logging_keeps_a_level_the_caller_set(tmp_path, monkeypatch, capsys,
     finally:
         tlbench.setLevel(before)
     assert ("an info line" in capsys.readouterr().out) is (level == logging.NOTSET)
+
+
+def test_a_long_epoch_says_how_far_it_is(caplog):
+    epoch_log = EpochLog("val/acc", "max", every_s=0.0)  # a line at every batch, as an hour-long epoch would
+    trainer = SimpleNamespace(is_global_zero=True, num_training_batches=5, current_epoch=1, max_epochs=3)
+    with caplog.at_level(logging.INFO, logger="tlbench"):
+        epoch_log.on_train_epoch_start(trainer, None)
+        epoch_log.on_train_batch_end(trainer, None, None, (None, [0] * 8), batch_idx=2)
+    assert re.fullmatch(r"epoch 2/3: batch 3/5, \d+ img/s", caplog.messages[-1]), caplog.messages
