@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ProgressBar
 
 from conftest import make_image_folder, small
 from tlbench.run.logs import LOG_FILE, api_logging, quiet_expected_noise
-from tlbench.run.progress import EpochLog, duration, show_progress_bar
+from tlbench.run.progress import EpochLog, duration, say, show_progress_bar
 from tlbench.run.train import compose_config, run
 from tlbench.run.trainer import trainer_options
 
@@ -127,8 +127,32 @@ def test_api_logging_keeps_a_level_the_caller_set(tmp_path, monkeypatch, capsys,
 
 def test_a_long_epoch_says_how_far_it_is(caplog):
     epoch_log = EpochLog("val/acc", "max", every_s=0.0)  # a line at every batch, as an hour-long epoch would
-    trainer = SimpleNamespace(is_global_zero=True, num_training_batches=5, current_epoch=1, max_epochs=3)
+    trainer = SimpleNamespace(
+        is_global_zero=True, num_training_batches=5, current_epoch=1, max_epochs=3, progress_bar_callback=None
+    )
     with caplog.at_level(logging.INFO, logger="tlbench"):
         epoch_log.on_train_epoch_start(trainer, None)
         epoch_log.on_train_batch_end(trainer, None, None, (None, [0] * 8), batch_idx=2)
     assert re.fullmatch(r"epoch 2/3: batch 3/5, \d+ img/s", caplog.messages[-1]), caplog.messages
+
+
+def test_with_a_live_bar_the_line_is_printed_above_it_and_still_reaches_train_log(tmp_path):
+    printed = []
+    bar = SimpleNamespace(is_enabled=True, print=printed.append)  # Lightning's bar: print() above the bar
+    trainer = SimpleNamespace(progress_bar_callback=bar)
+    tlbench, file = logging.getLogger("tlbench"), logging.FileHandler(tmp_path / LOG_FILE)
+    console = logging.StreamHandler(io.StringIO())
+    tlbench.addHandler(file)
+    tlbench.addHandler(console)
+    level = tlbench.level
+    tlbench.setLevel(logging.INFO)
+    try:
+        say(trainer, "epoch 1/2 | train loss 0.500")
+    finally:
+        tlbench.setLevel(level)
+        for handler in (file, console):
+            tlbench.removeHandler(handler)
+            handler.close()
+    assert printed == ["epoch 1/2 | train loss 0.500"]
+    assert (tmp_path / LOG_FILE).read_text() == "epoch 1/2 | train loss 0.500\n"
+    assert console.stream.getvalue() == ""  # a plain write would garble the bar

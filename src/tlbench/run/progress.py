@@ -77,7 +77,7 @@ class EpochLog(L.Callback):
             of = f"/{total}" if isinstance(total, int) else ""
             rate = self.images / max(now - self.epoch_started, 1e-9)
             epoch = f"{trainer.current_epoch + 1}/{trainer.max_epochs}"
-            log.info("epoch %s: batch %d%s, %.0f img/s", epoch, batch_idx + 1, of, rate)
+            say(trainer, f"epoch {epoch}: batch {batch_idx + 1}{of}, {rate:.0f} img/s")
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking and self.train_seconds is None:
@@ -88,7 +88,7 @@ class EpochLog(L.Callback):
         self.epochs_done += 1
         self.epoch_seconds += now - self.epoch_started
         if trainer.is_global_zero:
-            log.info("%s", self.line(trainer, now))
+            say(trainer, self.line(trainer, now))
 
     def line(self, trainer: L.Trainer, now: float) -> str:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -113,6 +113,31 @@ class EpochLog(L.Callback):
             self.best = value
             return " (new best)"
         return f" (best {self.monitor.removeprefix('val/')} {self.best:.3f})"
+
+
+def say(trainer: L.Trainer, line: str) -> None:
+    """`line` at INFO in the tlbench log. With a live progress bar (a terminal) the console copy goes through
+    the bar, printed above it, and only the log's files get the record: a plain write would land inside the
+    bar's redrawn lines."""
+    bar = trainer.progress_bar_callback
+    if bar is None or not bar.is_enabled:
+        log.info("%s", line)
+        return
+    bar.print(line)
+    if log.isEnabledFor(logging.INFO):
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (line,), None)
+        for handler in file_handlers(log):
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def file_handlers(logger: logging.Logger | None) -> list[logging.FileHandler]:
+    """The file handlers a record of `logger` reaches (its own, then its ancestors' while it propagates)."""
+    found = []
+    while logger is not None:
+        found += [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+        logger = logger.parent if logger.propagate else None
+    return found
 
 
 def shown(metrics: dict[str, float], stage: str, names: tuple[str, ...]) -> str:
