@@ -160,13 +160,14 @@ def write_cams(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     layer, written = None, []
+    transform, in_chans = eval_transform(model.preset), len(model.preset.mean)
     for path in paths:
-        image = load_images(model, [path])[0].to(device)
+        original = read_image(path, in_chans)  # read once: the network's input, and what the overlay shows
+        image = transform(original).to(device)
         if layer is None:
             _, layer = target_layer(model.net, model.stages, image.shape, stage)
         heat_map = grad_cam(model.net, image[None], layer)[0]
         target = out_dir / f"{Path(path).stem}_cam.png"
-        original = read_image(path, len(model.preset.mean))  # readable: the original's pixels, not the crop
         Image.fromarray(cam_overlay(original, heat_map, model.preset)).save(target)
         written.append(target)
     return written
