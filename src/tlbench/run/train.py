@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -305,10 +306,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
     sweep.pin_job_to_gpu(hydra_cfg)  # before anything starts CUDA
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    worker = multirun and not sweep.is_sweep_process()
+    if worker:
+        # A launcher's worker (joblib, submitit) between jobs leaves signals to the process that launched the
+        # sweep, which stops the running jobs and ends its workers (stopping.py); dying here would break it.
+        for signum in folder.SignalGuard.HANDLED:
+            signal.signal(signum, signal.SIG_IGN)
     claim = folder.claimed(run_dir) if is_first_process() else contextlib.nullcontext()
     try:
-        with claim:
-            return run_job(cfg, hydra_cfg, run_dir)
+        # The guard before the claim: the sweep signals the jobs that hold a claim, from the first moment.
+        with folder.SignalGuard() as guard, claim:
+            if multirun and sweep.stop_requested(hydra_cfg.sweep.dir) is not None:
+                log.warning("not started: the sweep was stopped by a signal (%s)", run_dir)
+                return None
+            return run_job(cfg, hydra_cfg, run_dir, guard)
     except folder.RunClaimed as taken:
         if multirun:
             log.warning("skipping: %s", taken)
@@ -316,48 +327,49 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"\nerror: {taken}", file=sys.stderr)
         sys.exit(1)
     except folder.RunInterrupted as stopped:
+        if worker:  # the launching process waits for every job, then reports the sweep
+            return None
         # A sweep stops too, reporting now (no on_multirun_end), after the claim is released (not "running").
         if multirun:
             sweep.report_stopped_sweep(hydra_cfg)
         sys.exit(folder.exit_status(stopped.signum))
 
 
-def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | None:
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, guard: folder.SignalGuard) -> float | None:
     """One run in a folder this process holds: skip it when done, else check, prepare, train, record."""
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    with folder.SignalGuard() as guard:
-        try:
-            if cfg.tune.lr_find:  # preflight (check_config) refuses anything but true or false
-                # The LR range test trains nothing and writes no results.json: it never skips a folder.
-                preflight(cfg, run_dir)
-                print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
-                return None
-            done = prepare_folder(cfg, run_dir) if is_first_process() else None
-            if done is not None:
-                log.info(
-                    "skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE
-                )
-                return done.get("best_val")
-            sweep.clear_failure(run_dir)
-            problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
-            if problem:
-                raise ValueError(problem)
-            results = train(cfg, run_dir)
-        except BaseException as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
-            if guard.received is not None:  # RunInterrupted, or Lightning's SIGTERMException
-                raise record_signal(run_dir, guard.received) from None
-            if not isinstance(error, Exception):
-                raise
-            sweep.record_failure(run_dir, error)
-            if multirun:
-                log.error(
-                    "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
-                )
-                return None
-            if is_user_error(error):
-                print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
-                sys.exit(1)
+    try:
+        if cfg.tune.lr_find:  # preflight (check_config) refuses anything but true or false
+            # The LR range test trains nothing and writes no results.json: it never skips a folder.
+            preflight(cfg, run_dir)
+            print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
+            return None
+        done = prepare_folder(cfg, run_dir) if is_first_process() else None
+        if done is not None:
+            log.info(
+                "skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE
+            )
+            return done.get("best_val")
+        sweep.clear_failure(run_dir)
+        problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
+        if problem:
+            raise ValueError(problem)
+        results = train(cfg, run_dir)
+    except BaseException as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
+        if guard.received is not None:  # RunInterrupted, or Lightning's SIGTERMException
+            raise record_signal(run_dir, guard.received) from None
+        if not isinstance(error, Exception):
             raise
+        sweep.record_failure(run_dir, error)
+        if multirun:
+            log.error(
+                "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
+            )
+            return None
+        if is_user_error(error):
+            print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
+            sys.exit(1)
+        raise
     if results:
         print("\n" + summary_line(results))
     if guard.received is not None:  # the signal came as the run was finishing: it finished; still stop
