@@ -69,10 +69,15 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def record_failure(run_dir: str | Path, error: BaseException) -> Path:
-    """Keep the traceback in the run folder as error.txt, where the report and the next person find it."""
+def record_failure(run_dir: str | Path, error: BaseException) -> Path | None:
+    """Keep the traceback in the run folder as error.txt, where the report and the next person find it;
+    None (and one warning) when the folder cannot take it — a full disk must not bury the error itself."""
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return write_atomic(Path(run_dir) / ERROR_FILE, text)
+    try:
+        return write_atomic(Path(run_dir) / ERROR_FILE, text)
+    except OSError as failed:
+        log.warning("could not write %s (%s)", Path(run_dir) / ERROR_FILE, failed.strerror or failed)
+        return None
 
 
 def clear_failure(run_dir: str | Path) -> None:

@@ -33,7 +33,7 @@ from tlbench.models.module import TransferModule
 from tlbench.models.steps import resolve_cuda_graph
 from tlbench.results.files import RESULTS_FILE, read_results, versions, write_json_atomic
 from tlbench.results.predictions import write_predictions
-from tlbench.run import folder, sweep, tune
+from tlbench.run import checkpoints, folder, sweep, tune
 from tlbench.run.checks import check_against_data, check_config
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
@@ -113,11 +113,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if module.caches_features:
         datamodule.use_features(module.embed)
     cost = RunCost()
-    trainer, checkpoint = build_trainer(cfg, run_dir, cost)
+    # last.ckpt, else best.ckpt; an unreadable one is set aside (named in the log), never resumed in a loop.
+    resume_from = None if cfg.trainer.fast_dev_run else checkpoints.resume_checkpoint(run_dir)
+    trainer, checkpoint = build_trainer(cfg, run_dir, cost, resume_from)
     figures = RunFigureRecorder()
     trainer.callbacks.append(figures)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
+    resume = str(resume_from) if resume_from else None
     resolved = {
         "pipeline": pipeline,
         "precision": str(trainer.precision),
@@ -136,7 +137,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "stopped_early": bool(stopping and stopping.stopped_epoch),
     }
 
-    best = checkpoint.best_model_path or None
+    # In this run folder wherever it was before (RunCheckpoint); set aside and replaced when unreadable.
+    best = checkpoints.checkpoint_to_test(checkpoint.best_model_path or None, run_dir)
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     if trainer.is_global_zero and module.test_predictions is not None:
         # Per-image probabilities beside results.json, for the report's paired bootstrap and calibration.
@@ -169,7 +171,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "trainable_stages": module.trainable_stages,
         "bad_images": sorted(datamodule.bad_images),
         **trained,
-        "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        # Relative to the run folder, whichever way either path is spelled (ModelCheckpoint's is resolved).
+        "best_checkpoint": checkpoints.inside(best, run_dir) if best else None,
         "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "precision": str(trainer.precision),
         "device": device_name(trainer.strategy.root_device),
@@ -222,9 +225,8 @@ def summary_line(results: dict) -> str:
 
 # Errors whose message already tells the user what to do: printed without a traceback.
 def is_user_error(error: BaseException) -> bool:
-    return isinstance(error, (ValueError, FileNotFoundError, ImportError)) or type(error).__name__.endswith(
-        "UnavailableError"
-    )
+    known = (ValueError, FileNotFoundError, ImportError, checkpoints.CheckpointWriteError)
+    return isinstance(error, known) or type(error).__name__.endswith("UnavailableError")
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -360,14 +362,13 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, guard: folder
             raise record_signal(run_dir, guard.received) from None
         if not isinstance(error, Exception):
             raise
-        sweep.record_failure(run_dir, error)
+        recorded = sweep.record_failure(run_dir, error)  # None when it cannot be written (disk full)
+        where = f"traceback in {recorded}" if recorded else "no traceback file"
         if multirun:
-            log.error(
-                "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
-            )
+            log.error("run failed (%s: %s); %s", type(error).__name__, error, where)
             return None
         if is_user_error(error):
-            print(f"\nerror: {error}\n(traceback in {run_dir / 'error.txt'})", file=sys.stderr)
+            print(f"\nerror: {error}\n({where})", file=sys.stderr)
             sys.exit(1)
         raise
     if results:
