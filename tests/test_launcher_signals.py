@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import make_image_folder, small
 from tlbench.run import folder, stopping
@@ -127,3 +128,46 @@ def test_sigterm_stops_every_job_of_a_sweep_and_the_same_command_continues(launc
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["counts"]["complete"] == 3, again.stdout[-2000:]
     assert not (sweep_dir / stopping.STOP_FILE).exists()
+
+
+JOB = """
+import signal, sys, time
+from pathlib import Path
+from tlbench.run import folder
+job = Path(sys.argv[1])
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+with folder.claimed(job):
+    print("ready", flush=True)
+    deadline = time.monotonic() + 60
+    while not stopped and time.monotonic() < deadline:
+        time.sleep(0.01)
+(job / "stopped").write_text("yes" if stopped else "no")
+"""
+
+
+def test_a_signal_to_the_sweep_reaches_the_jobs_it_started_and_starts_no_more(tmp_path):
+    """StopSweepOnSignal in this process: a job of its own running in another process (a launcher's
+    worker holding its run folder's claim) gets SIGTERM; a job that starts afterwards learns from the sweep
+    folder that it must not (stop_requested), and a new start of the sweep clears that."""
+    sweep_dir = tmp_path / "sweep"
+    job = sweep_dir / "seed=0"
+    child = subprocess.Popen([sys.executable, "-c", JOB, str(job)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    callback = stopping.StopSweepOnSignal()
+    callback.on_multirun_start(config)
+    try:
+        assert stopping.stop_requested() is None and stopping.stop_requested(sweep_dir) is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        child.wait(timeout=PATIENCE_S)
+        assert (job / "stopped").read_text() == "yes"
+        assert stopping.stop_requested() == signal.SIGTERM
+    finally:
+        callback.on_multirun_end(config)
+        stopping._stopped_by = None
+    assert signal.getsignal(signal.SIGTERM) is not callback.stop  # handlers restored
+    assert stopping.stop_requested(sweep_dir) == signal.SIGTERM  # what a job's process reads
+    callback.on_multirun_start(config)  # the same command again continues the sweep
+    callback.on_multirun_end(config)
+    assert stopping.stop_requested(sweep_dir) is None
