@@ -163,6 +163,10 @@ def test_a_signal_to_the_sweep_reaches_the_jobs_it_started_and_starts_no_more(tm
         child.wait(timeout=PATIENCE_S)
         assert (job / "stopped").read_text() == "yes"
         assert stopping.stop_requested() == signal.SIGTERM
+        with pytest.raises(SystemExit) as again:  # asked twice: exit at once, without waiting
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert again.value.code == 143
     finally:
         callback.on_multirun_end(config)
         stopping._stopped_by = None

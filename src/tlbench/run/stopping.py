@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from tlbench.results.files import CLAIM_FILE, claim_holder, write_atomic
+from tlbench.run.folder import exit_status
 
 log = logging.getLogger("tlbench")
 
@@ -70,15 +71,18 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def running_jobs(sweep_dir: Path) -> list[int]:
-    """Processes of this sweep (started by this process) that hold a run folder's claim under sweep_dir."""
+def running_jobs(sweep_dir: Path, everywhere: bool = False) -> list[int]:
+    """Processes of this sweep (started by this process) that hold a run folder's claim under sweep_dir;
+    `everywhere`: those on other machines too, negated (SLURM's, which cannot be signalled from here)."""
     host, me, pids = socket.gethostname(), os.getpid(), []
     for lock in sweep_dir.rglob(CLAIM_FILE):
         words = (claim_holder(lock.parent) or "").split()
         # "pid 123 on host since ...": only ours can be signalled (SLURM jobs run on other hosts).
-        if len(words) >= 4 and words[0] == "pid" and words[1].isdigit() and words[3] == host:
+        if len(words) >= 4 and words[0] == "pid" and words[1].isdigit():
             pid = int(words[1])
-            if pid != me and descends_from(pid, me):
+            if words[3] != host:
+                pids += [-pid] if everywhere else []
+            elif pid != me and descends_from(pid, me):
                 pids.append(pid)
     return pids
 
@@ -128,13 +132,20 @@ class StopSweepOnSignal(Callback):
         _stopped_by = _stopped_by or signum
         if self._sweep_dir is None:
             return
+        if not first:  # asked twice: the user will not wait (jobs on other machines can take hours)
+            log.error("%s again: exiting without waiting for the jobs", signal.Signals(signum).name)
+            raise SystemExit(exit_status(_stopped_by))
         write_atomic(self._sweep_dir / STOP_FILE, f"{signal.Signals(_stopped_by).name}\n")  # before the scan
-        if first:
-            log.warning(
-                "%s: stopping the sweep: running jobs save their last.ckpt and stop, no further job starts",
-                signal.Signals(signum).name,
-            )
+        log.warning(
+            "%s: stopping the sweep: running jobs save their last.ckpt and stop, no further job starts",
+            signal.Signals(signum).name,
+        )
         stop_running_jobs(self._sweep_dir, self._signalled)
+        if any(pid < 0 for pid in running_jobs(self._sweep_dir, everywhere=True)):
+            log.warning(
+                "some jobs run on other machines (SLURM): stop them with scancel (they save their last.ckpt "
+                "at its SIGTERM); this process waits for every job — signal it again to exit at once"
+            )
         # A job that took its claim while we looked (its claim file still empty) is caught a moment later.
         rescan = threading.Timer(1.0, stop_running_jobs, (self._sweep_dir, self._signalled))
         rescan.daemon = True
