@@ -22,7 +22,7 @@ COLUMNS = {
     "test/acc@thr": "acc @thr",
     "test/balanced_acc@thr": "balanced acc @thr",
     "test/sensitivity@thr": "minority recall @thr",
-    "test/threshold": "threshold",
+    "threshold": "threshold",
     "wall_time_s": "wall s",
 }
 
@@ -34,7 +34,7 @@ def main(sweep: Path) -> None:
         if results is None:
             continue
         balance = results["config"]["data"]["balance"]
-        values = {**results["metrics"], "wall_time_s": results["wall_time_s"]}
+        values = results["metrics"] | {k: results[k] for k in ("wall_time_s", "threshold")}
         for key in COLUMNS:
             rows[balance][key].append(values[key])
     print("| data.balance | seeds | " + " | ".join(COLUMNS.values()) + " |")

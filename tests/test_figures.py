@@ -120,3 +120,31 @@ def test_recorder_collects_what_the_network_saw_during_fit_and_test(tmp_path):
     assert torch.equal(recorded["test_images"], data.tensors[0][wrong])
     paths = write_run_figures(tmp_path, None, **recorded, class_names=CLASSES, mean=MEAN, std=STD)
     assert {"confusion_matrix", "train_batch"} <= set(paths)
+
+
+def test_two_class_figures_decide_at_the_saved_threshold_and_say_so(tmp_path, monkeypatch):
+    from tlbench.models.module import BinaryDecision
+    from tlbench.run import figures
+
+    drawn = {}
+
+    def keep(*args, **kwargs):
+        drawn["confusion"] = original(*args, **kwargs)
+        return drawn["confusion"]
+
+    original = figures.confusion_matrix_figure
+    monkeypatch.setattr(figures, "confusion_matrix_figure", keep)
+    # P(bees) 0.4 for every image: the more probable class is ants, but the threshold 0.3 answers bees.
+    probs = torch.tensor([[0.6, 0.4]] * 4)
+    labels = torch.tensor([0, 0, 0, 1])
+    decision = BinaryDecision(0.3, "bees", "ants", 1, "youden")
+    write_run_figures(
+        tmp_path, None, test_probs=probs, test_labels=labels, test_images=torch.zeros(4, 1, 8, 8),
+        class_names=["ants", "bees"], mean=(0.5,), std=(0.5,), decision=decision,
+    )  # fmt: skip
+    (ax, *_) = drawn["confusion"].axes
+    counts = [int(t.get_text()) for t in ax.texts]  # row by row: true ants → ants, bees; true bees → …
+    assert counts == [0, 3, 0, 1]
+    assert f"predicted: {decision.text}" in ax.get_title()
+    # The most confidently wrong are the three ants answered bees at the threshold, not the right bee.
+    assert sorted(most_confidently_wrong(probs, labels, 16, decision).tolist()) == [0, 1, 2]

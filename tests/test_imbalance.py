@@ -27,6 +27,7 @@ from tlbench.models.module import TransferModule, decide, youden_threshold
 from tlbench.run.train import compose_config, train
 from tlbench.serve.export import load_checkpoint, serving_metadata
 from tlbench.serve.predict import load_model, predict
+from tlbench.serve.predict import main as main_predict
 
 RGB = Preset(
     mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), resize_size=36, crop_size=32, interpolation="bilinear"
@@ -141,8 +142,12 @@ def test_a_run_saves_the_threshold_weights_and_balanced_accuracy_and_reloads_the
     for key in ("val/balanced_acc", "test/balanced_acc", "test/acc@thr", "test/balanced_acc@thr"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert {"test/sensitivity@thr", "test/specificity@thr", "test/acc", "test/sensitivity"} <= set(metrics)
-    assert 0.0 <= results["threshold"] <= 1.0 and metrics["test/threshold"] == pytest.approx(
-        results["threshold"]
+    # One threshold per run (the best checkpoint's), and a sentence: what it decides, where it was chosen.
+    assert 0.0 <= results["threshold"] <= 1.0
+    assert not [key for key in metrics if "threshold" in key]
+    assert results["decision"] == (
+        f"dog when P(dog) ≥ {results['threshold']:.3f}, else cat "
+        "(threshold chosen on the validation split by Youden's J at this checkpoint's epoch)"
     )
     assert results["test_split"] == TEST_IS_VAL  # no test folder and no data.test_fraction: today's behaviour
 
@@ -173,8 +178,27 @@ def test_predict_and_export_decide_at_the_saved_threshold(tmp_path):
     assert predict(load_model(below), [image], top_k=2)[0][0][0] == "pneumonia"
     assert predict(load_model(above), [image], top_k=1)[0][0][0] == "normal"
     assert predict(load_model(above), [image], top_k=2)[0][1] == pytest.approx(("pneumonia", p_pneumonia))
-    assert serving_metadata(load_checkpoint(below), "onnx", "m.onnx")["threshold"] == pytest.approx(
-        p_pneumonia - 1e-3
+    metadata = serving_metadata(load_checkpoint(below), "onnx", "m.onnx")
+    assert metadata["threshold"] == pytest.approx(p_pneumonia - 1e-3)
+    assert metadata["decision"].startswith(
+        f"pneumonia when P(pneumonia) ≥ {p_pneumonia - 1e-3:.3f}, else normal"
+    )
+
+
+def test_predict_prints_why_a_binary_answer_is_not_the_more_probable_class(tmp_path, capsys):
+    checkpoint = save_untrained_checkpoint(tmp_path / "best.ckpt", ["normal", "pneumonia"])
+    image = tmp_path / "xray.png"
+    Image.new("L", (40, 32), 128).save(image)
+    ((name, p), _) = predict(load_model(checkpoint), [image], top_k=2)[0]
+    p_pneumonia = p if name == "pneumonia" else 1 - p
+    # A threshold above P(pneumonia) but below 0.5 picks normal for an image whose pneumonia share is 45%:
+    # the answer is the less probable class, and the line has to say why.
+    threshold = p_pneumonia + 0.05
+    assert main_predict([str(with_threshold(checkpoint, threshold, tmp_path / "t.ckpt")), str(image)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(
+        f"{image}: normal (P(pneumonia) {p_pneumonia:.1%} < threshold {threshold:.1%}, "
+        "chosen on the validation split by Youden's J at this checkpoint's epoch): normal"
     )
 
 

@@ -150,7 +150,8 @@ def test_single_seed_has_no_spread(tmp_path: Path):
     assert summary["verdict"][0]["seeds_to_separate"] == {"freeze": None}
     text = (tmp_path / "summary.md").read_text()
     assert "0.9000 ± –" in text
-    assert "full − freeze = +0.100, Holm p –; one seed: no variance to extrapolate from" in text
+    assert "one seed: full has the best mean (full − freeze = +0.100, Holm p –)" in text
+    assert "one seed and no predictions files give no interval: it cannot show a winner" in text
 
 
 def test_auroc_only_for_two_classes(tmp_path: Path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tlbench.analysis.collect import ALL
+from tlbench.analysis.fonts import any_script
 from tlbench.analysis.summary import (
     COSTS,
     METRICS,
@@ -19,10 +21,14 @@ from tlbench.analysis.summary import (
     size_label,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 RELIABILITY_BINS = 10
 POINT = {"markersize": 8, "capsize": 3, "linestyle": "none"}  # a configuration in the cost charts
 
 
+@any_script()
 def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Path:
     """Bars of mean `metric` ± std per strategy, grouped by backbone (and data / size where they vary)."""
     from matplotlib.figure import Figure
@@ -63,6 +69,7 @@ def plot_accuracy(groups: list[Group], path: Path, metric: str = RANK_BY) -> Pat
     return path
 
 
+@any_script()
 def plot_learning_curves(groups: list[Group], out_dir: Path, metric: str = RANK_BY) -> list[Path]:
     """Per backbone with two or more data sizes: `metric` ± std vs images per class; dashed: all images."""
     from matplotlib.figure import Figure
@@ -119,8 +126,15 @@ def frontier(xs: np.ndarray, ys: np.ndarray, more_is_better: bool) -> tuple[np.n
     return xs[keep], ys[keep]
 
 
+@any_script()
 def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str = RANK_BY) -> Path:
     """Accuracy against each cost, a row per data × size; hollow: dominated; dashed: the panel's frontier."""
+    pareto_figure(pareto, metric).savefig(path, dpi=110)
+    return path
+
+
+def pareto_figure(pareto: list[tuple[Group, list[str]]], metric: str = RANK_BY) -> Figure:
+    """plot_pareto's figure; its legend names only what some panel draws."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -131,6 +145,7 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
     markers = {b: "osD^vP*Xh<>"[i % 11] for i, b in enumerate(backbones)}
     fig = Figure(figsize=(15, 3.6 * len(contexts) + 0.6), layout="constrained")
     axes = fig.subplots(len(contexts), len(COSTS), squeeze=False)
+    frontier_drawn = False
     for row, (data, per_class) in zip(axes, contexts, strict=True):
         members = [(g, by) for g, by in pareto if (g.data, g.per_class) == (data, per_class)]
         for ax, (key, label) in zip(row, COSTS.items(), strict=True):
@@ -144,7 +159,9 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
             if len(known) > 1:
                 costs = np.array([g.stats[key].mean for g, _ in known])
                 xs, ys = frontier(costs, np.array([g.stats[metric].mean for g, _ in known]), more_is_better)
-                ax.plot(xs, ys, linestyle="--", color="grey", alpha=0.6, zorder=0)
+                if len(xs) > 1:  # a frontier of one point is no line
+                    ax.plot(xs, ys, linestyle="--", color="grey", alpha=0.6, zorder=0)
+                    frontier_drawn = True
             if key == "trainable_params":
                 ax.set_xscale("log")
             ax.set_xlabel(label + (" (more is better)" if more_is_better else " (less is better)"))
@@ -155,12 +172,13 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
     handles = [Line2D([], [], color=colours[s], label=s, **dot) for s in strategies]
     if len(backbones) > 1:
         handles += [Line2D([], [], color="black", label=b, **dot | {"marker": markers[b]}) for b in backbones]
-    handles += [Line2D([], [], color="black", markerfacecolor="none", label="dominated", **dot)]
-    handles += [Line2D([], [], color="grey", linestyle="--", label="frontier of the panel")]
+    if any(by for _, by in pareto):
+        handles += [Line2D([], [], color="black", markerfacecolor="none", label="dominated", **dot)]
+    if frontier_drawn:
+        handles += [Line2D([], [], color="grey", linestyle="--", label="frontier of the panel")]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small")
     fig.suptitle(f"{METRICS[metric]} (mean ± std over seeds) against cost")
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -174,6 +192,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray
     return mean_confidence, accuracy, counts[filled]
 
 
+@any_script()
 def plot_reliability(analysis: Analysis, out_dir: Path) -> list[Path]:
     """reliability_<backbone>.png from the predictions files: accuracy against the confidence of the
     predicted class (below the diagonal: over-confident); a panel per data × size, a curve per strategy,

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tlbench.analysis import plots, verdict
+from tlbench.analysis import caveats, plots, transfer_check, verdict
 from tlbench.analysis.collect import Found, Problem, count_line, counts, find_runs
 from tlbench.analysis.markdown import code, md, table
 from tlbench.analysis.summary import (
@@ -39,7 +39,9 @@ METHOD = (
     "Every pair of strategies within one backbone × data × data size, on {metric}: the difference A − B with "
     "a 95% interval from a paired bootstrap over seeds and test images (runs with the same seed share "
     "subset and split, and are compared image by image), a two-sided p-value, and Holm's correction over "
-    "the pairs of the group. A strategy wins when it is separated (Holm p < 0.05) from every other; else "
+    "the pairs of the group. A strategy wins when it is separated (Holm p < 0.05) from every other over two "
+    "or more seeds; one seed never wins (its interval resamples that seed's test images only, not training "
+    "randomness); else "
     "the strategies not separated from the best cannot be told apart, and the seeds that would separate "
     "them are estimated as the smallest n with t(0.975, n−1)·sqrt(s²/n + v) < |difference| (s: "
     "between-seed SD of the difference, v: test-image variance that more seeds do not reduce). Runs "
@@ -81,20 +83,59 @@ def render_pareto(analysis: Analysis) -> list[str]:
     rows = (
         [md(f"{g.data}, {size_label(g.per_class)}"), md(g.name), fmt_stat(g.stats[RANK_BY], RANK_BY)]
         + [fmt_mean(g.stats[k].mean, k) for k in COSTS]
-        + [f"dominated by {', '.join(map(md, by))}" if by else "**optimal**"]
+        + [f"dominated by {', '.join(map(md, by))}" if by else "not dominated"]
         for g, by in analysis.pareto
     )
     return table(header, rows)
+
+
+ENSEMBLE_METHOD = (
+    "Per backbone × data × data size, from the runs' predictions.csv: the ensemble averages the compared "
+    "strategies' probabilities per seed and answers the class with the highest mean. It is compared with "
+    "the best single strategy (by mean) by the verdict's paired bootstrap over seeds and test images, one "
+    "comparison per group (no Holm correction), under the same rules: one seed shows no gain. Shared errors: "
+    "the share of the test images that both strategies get wrong, or only one of them (mean over the seeds "
+    "both ran); an ensemble can only gain where errors are not shared."
+)
+
+
+def render_ensembles(analysis: Analysis) -> list[str]:
+    lines = []
+    for e in analysis.ensembles:
+        lines += [f"- {where(e.context)}: {e.text}.", ""]
+        header = ["A", "B", "both wrong", "only A wrong", "only B wrong", "seeds", "images"]
+        rows = (
+            [md(s.a), md(s.b), f"{s.both:.3f}", f"{s.only_a:.3f}", f"{s.only_b:.3f}"]
+            + [str(len(s.seeds)), str(s.n_images)]
+            for s in e.shared
+        )
+        lines += [*table(header, rows, indent="  "), ""] if e.shared else []
+    return lines
 
 
 def render_crossings(analysis: Analysis) -> list[str]:
     return [f"- **{md(backbone)}** on {md(data)}: {c.text}." for (data, backbone), c in analysis.crossings]
 
 
-def verdict_text(analysis: Analysis) -> str:
-    """The verdict (and crossings) as the sweep and `python -m tlbench.report` print them."""
-    lines = ["Verdict (paired bootstrap over seeds and test images, Holm-corrected):"]
-    lines += [f"- {where(d.context)}: {d.text}." for d in analysis.verdicts]
+def verdict_lines(found: Found, analysis: Analysis, decision: verdict.GroupVerdict) -> list[str]:
+    """One verdict as a Markdown list item, and how to add seeds where seeds are what it lacks."""
+    lines = [f"- {where(decision.context)}: {decision.text}."]
+    seeds = caveats.seeds_to_suggest(decision)
+    if seeds is not None:
+        lines.append(f"  {caveats.add_seeds(found, seeds)}")
+    return lines
+
+
+def verdict_text(analysis: Analysis, found: Found) -> str:
+    """The verdict (and crossings) as the sweep and `python -m tlbench.report` print them: the same
+    sentences as summary.md, without the bold."""
+    lines = ["Verdict (paired comparisons, Holm-corrected; the method of each in brackets):"]
+    lines += [line for d in analysis.verdicts for line in verdict_lines(found, analysis, d)]
+    if (left_out := caveats.not_in_verdict(found)) is not None:
+        lines.append(left_out)
+    if analysis.ensembles:
+        lines += ["", "Ensemble of the compared strategies (mean probability per seed):"]
+        lines += [f"- {where(e.context)}: {e.text}." for e in analysis.ensembles]
     if analysis.crossings:
         lines += ["", "Where strategies cross:", *render_crossings(analysis)]
     return "\n".join(line.replace("**", "") for line in lines)
@@ -127,8 +168,12 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
                 "",
             ]
         for d in analysis.verdicts:
-            lines += [f"- {where(d.context)}: {d.text}.", f"  {render_ranking(analysis, d)}", ""]
+            lines += [*verdict_lines(found, analysis, d), f"  {render_ranking(analysis, d)}", ""]
             lines += [*render_comparisons(d), ""]
+        if (left_out := caveats.not_in_verdict(found)) is not None:
+            lines += [left_out, ""]
+    if analysis.ensembles:
+        lines += ["## Ensemble and shared errors", "", ENSEMBLE_METHOD, "", *render_ensembles(analysis)]
     if analysis.crossings:
         lines += [
             "## Where strategies cross",
@@ -146,7 +191,8 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
             "",
             f"Mean {METRICS[RANK_BY]} against mean cost over seeds (`pareto.png`). A configuration is "
             "dominated when another on the same data and data size is as good on every axis (accuracy, wall "
-            "time, train images/s, trainable parameters, peak memory) and better on at least one.",
+            "time, train images/s, trainable parameters, peak memory) and better on at least one. This "
+            "compares means: which accuracy differences the runs can tell apart is the verdict's to say.",
             "",
             *render_pareto(analysis),
             "",
@@ -157,6 +203,7 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
             "the runs' predictions.csv.",
             "",
         ]
+    lines += transfer_check.render_section(found)  # rank.json below the folder: scores against accuracy
     duplicates = [g for g in analysis.groups if len(set(map(str, g.seeds))) < len(g.seeds)]
     if duplicates:
         lines += ["Settings that ran a seed more than once (each run counts in n):"]
@@ -202,6 +249,11 @@ def summary_json(found: Found, analysis: Analysis) -> dict[str, Any]:
     verdicts = [
         {"data": d.context[0], "backbone": d.context[1], "per_class": d.context[2], "metric": RANK_BY}
         | d.to_json()
+        | {
+            "add_seeds": None
+            if (n := caveats.seeds_to_suggest(d)) is None
+            else caveats.add_seeds_command(found, n)
+        }
         for d in analysis.verdicts
     ]
     pareto_rows = [
@@ -226,6 +278,11 @@ def summary_json(found: Found, analysis: Analysis) -> dict[str, Any]:
             "std": "sample standard deviation over seeds (ddof=1); null when n=1",
             "groups": groups,
             "verdict": verdicts,
+            "not_in_verdict": caveats.not_in_verdict(found),
+            "ensembles": [
+                {"data": e.context[0], "backbone": e.context[1], "per_class": e.context[2]} | e.to_json()
+                for e in analysis.ensembles
+            ],
             "crossings": [{"data": d, "backbone": b} | asdict(c) for (d, b), c in analysis.crossings],
             "pareto": pareto_rows,
             **problems,
@@ -235,13 +292,7 @@ def summary_json(found: Found, analysis: Analysis) -> dict[str, Any]:
 
 def overrides_of(folder: Path) -> str:
     """The run's command-line overrides as Hydra saved them (.hydra/overrides.yaml), one line."""
-    path = folder / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return ""
-    import yaml  # PyYAML comes with OmegaConf
-
-    loaded = yaml.safe_load(path.read_text()) or []
-    return " ".join(map(str, loaded))
+    return " ".join(caveats.hydra_overrides(folder))
 
 
 def cell(value: Any) -> Any:
@@ -309,6 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     analysis = analyse(found.runs)
     summary = write_report(found, args.out or args.folder, analysis)
-    print(render_table(analysis.groups), verdict_text(analysis), count_line(found), sep="\n\n")
+    print(render_table(analysis.groups), verdict_text(analysis, found), count_line(found), sep="\n\n")
     print(f"report: {summary}")
     return 0

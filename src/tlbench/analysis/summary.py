@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tlbench.analysis import verdict
+from tlbench.analysis import ensemble, verdict
 from tlbench.analysis.collect import ALL, Run
 from tlbench.analysis.markdown import md, table
 from tlbench.models.strategies import STRATEGIES
@@ -177,6 +177,17 @@ def samples_of(groups: list[Group], predictions: dict[Path, Predictions | None])
     return samples
 
 
+def predictions_by_arm(groups: list[Group], predictions: dict[Path, Predictions | None]) -> dict[tuple, dict]:
+    """context -> strategy -> replicate -> Predictions, as samples_of pairs them (the last folder counts)."""
+    found: dict[tuple, dict[str, dict[Any, Predictions]]] = {}
+    for g in groups:
+        arm = found.setdefault(g.context, {}).setdefault(g.label, {})
+        for run in sorted(g.runs, key=lambda r: r.path):
+            if (p := predictions.get(run.path)) is not None:
+                arm[run.replicate] = p
+    return found
+
+
 def oriented(decision: verdict.GroupVerdict, a: str, b: str) -> verdict.Comparison | None:
     """The comparison of a and b in this group, read as a − b."""
     for c in decision.comparisons:
@@ -236,6 +247,7 @@ class Analysis:
     verdicts: list[verdict.GroupVerdict]
     crossings: list[tuple[tuple[str, str], verdict.Crossing]]
     pareto: list[tuple[Group, list[str]]]
+    ensembles: list[ensemble.Ensemble]
 
 
 def analyse(runs: list[Run]) -> Analysis:
@@ -243,4 +255,7 @@ def analyse(runs: list[Run]) -> Analysis:
     predictions = {run.path: read_predictions(run.path) for run in runs}
     samples = samples_of(groups, predictions)  # contexts in the order of the groups
     verdicts = [verdict.judge(context, by_label) for context, by_label in samples.items()]
-    return Analysis(groups, predictions, verdicts, find_crossings(verdicts), pareto(groups))
+    by_arm = predictions_by_arm(groups, predictions)
+    combined = [ensemble.ensemble(d, by_arm.get(d.context, {}), samples[d.context]) for d in verdicts]
+    ensembles = [e for e in combined if e is not None]
+    return Analysis(groups, predictions, verdicts, find_crossings(verdicts), pareto(groups), ensembles)

@@ -17,7 +17,10 @@ distinct values of D: the same distribution, cheap because accuracy differences 
 (`scipy.stats.ttest_rel`) with its 95% interval.
 **Holm** (`holm`): within one group, the p-values of all pairs are adjusted by Holm's step-down method, which
 keeps the chance of any false "A beats B" in the group ≤ 5%. **The verdict** (`judge`): the best mean wins
-when separated (Holm p < 0.05) from every other; otherwise those not separated from it cannot be told apart.
+when separated (Holm p < 0.05, the same sign) from every other over two or more seeds; otherwise those not
+separated from it cannot be told apart. One seed never wins: its interval resamples only the test images, so
+it says whether a difference is beyond test-image sampling, not whether another seed (initialisation, data
+order, augmentation) would keep it.
 **Seeds to separate a tie** (`seeds_needed`): with s the between-seed SD of the per-seed differences and v the
 bootstrap variance from resampling the shared test images alone (crossed design only; 0 when nested, where s
 already holds it), taken not to shrink with more seeds (conservative), the smallest n with
@@ -40,6 +43,7 @@ import numpy as np
 from scipy import stats
 
 from tlbench.analysis.markdown import md
+from tlbench.analysis.wording import one_seed_verdict, seed_counts, why_not_separated
 
 ALPHA = 0.05
 N_BOOT = 4000
@@ -82,6 +86,11 @@ class Comparison:
     def separated(self) -> bool:
         return self.p_holm is not None and self.p_holm < ALPHA
 
+    @property
+    def one_seed(self) -> bool:
+        """Compared on a single seed: the interval holds test-image sampling only, no training randomness."""
+        return len(self.seeds) == 1
+
     def flipped(self) -> Comparison:
         """The same comparison read as B − A."""
         low, high, replicates = (None if x is None else -x for x in (self.high, self.low, self.replicates))
@@ -107,13 +116,20 @@ class GroupVerdict:
             "winner": self.winner,
             "cannot_tell_apart": self.tied if self.winner is None else [],
             "seeds_to_separate": self.seeds_to_separate,
+            "one_seed": self.one_seed,
             "comparisons": [c.to_json() for c in self.comparisons],
             "verdict": self.text,
         }
 
     @property
+    def one_seed(self) -> bool:
+        """Every comparison with the best ran on a single common seed: no ranking can be claimed."""
+        vs_best = [c for c in self.comparisons if c.a == self.ranking[0][0]]
+        return bool(vs_best) and all(c.one_seed for c in vs_best)
+
+    @property
     def text(self) -> str:
-        """The verdict in one line of Markdown."""
+        """The verdict in one line of Markdown: what the comparisons show and no more."""
         best = self.ranking[0][0]
         vs_best = {c.b: c for c in self.comparisons if c.a == best}
         how = "; ".join(sorted({c.method + (f": {c.note}" if c.note else "") for c in vs_best.values()}))
@@ -123,16 +139,18 @@ class GroupVerdict:
             leads = ", ".join(
                 f"{md(o)} by {fmt_diff(c)} (Holm p {fmt_p(c.p_holm)})" for o, c in vs_best.items()
             )
-            return f"**{md(self.winner)}** wins: ahead of {leads} [{how}]"
-        parts = []
-        for other in self.tied[1:]:
-            c, n = vs_best[other], self.seeds_to_separate.get(other)
-            gap = f"{md(best)} − {md(other)} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}"
-            if isinstance(n, int):
-                more = max(0, n - len(c.seeds))
-                parts.append(f"{gap}; ~{more} more seeds ({n} in all) would separate them at this variance")
-            else:
-                parts.append(f"{gap}; {n or 'one seed: no variance to extrapolate from'}")
+            over = seed_counts(vs_best.values())
+            return f"**{md(self.winner)}** wins: ahead of {leads}, over {over} [{how}]"
+        gaps = {
+            o: f"{md(best)} − {md(o)} = {fmt_diff(c)}, Holm p {fmt_p(c.p_holm)}" for o, c in vs_best.items()
+        }
+        if self.one_seed:
+            interval = any(c.low is not None for c in vs_best.values())
+            return one_seed_verdict(md(best), "; ".join(gaps.values()), how, interval)
+        parts = [
+            f"{gaps[o]}; {why_not_separated(vs_best[o], self.seeds_to_separate.get(o))}"
+            for o in self.tied[1:]
+        ]
         text = f"{', '.join(f'**{md(s)}**' for s in self.tied)} cannot be told apart ({'; '.join(parts)})"
         behind = [o for o in vs_best if o not in self.tied]
         if behind:
@@ -289,6 +307,11 @@ def fmt_diff(c: Comparison) -> str:
     return f"{c.diff:+.3f}{interval}"
 
 
+def shown_behind(c: Comparison) -> bool:
+    """B is shown to be behind A: separated, A ahead on the seeds both ran, and more than one such seed."""
+    return c.separated and c.diff > 0 and not c.one_seed
+
+
 def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) -> GroupVerdict:
     """All pairs of strategies of one data × backbone × data size, Holm-adjusted, and the verdict."""
     rng = np.random.default_rng(seed)
@@ -299,8 +322,8 @@ def judge(context: tuple, arms: dict[str, dict[Any, Sample]], seed: int = SEED) 
         c.p_holm = p
     best = order[0]
     vs_best = {c.b: c for c in comparisons if c.a == best}
-    winner = best if vs_best and all(c.separated for c in vs_best.values()) else None
-    tied = [best] if winner else [best, *(o for o, c in vs_best.items() if not c.separated)]
+    winner = best if vs_best and all(shown_behind(c) for c in vs_best.values()) else None
+    tied = [best] if winner else [best, *(o for o, c in vs_best.items() if not shown_behind(c))]
     needed = {o: seeds_needed(vs_best[o].diff, vs_best[o].seed_sd, vs_best[o].image_var) for o in tied[1:]}
     return GroupVerdict(context, ranking, comparisons, winner, tied, needed)
 
@@ -345,6 +368,8 @@ def crossing(sizes: list[int], comparisons: list[Comparison]) -> Crossing:
     found, before = last_crossing(grid, diffs[None, :])
     at = float(found[0])
     shown = ", ".join(f"{n}: {fmt_diff(c)}" for n, c in zip(sizes, comparisons, strict=True))
+    if all(c.one_seed for c in comparisons):
+        shown += " (one seed per size: test-image sampling only, not training randomness)"
     if math.isnan(at):
         how = f"and {name_b} end level" if diffs[-1] == 0 else f"is ahead of {name_b} at every size"
         text = f"{name_a} {how} ({name_a} − {name_b} by images/class: {shown})"

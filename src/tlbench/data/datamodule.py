@@ -121,12 +121,13 @@ class ImageDataModule(L.LightningDataModule):
             log.info(note)
         if per_class is not None:
             data.splits["train"] = data.splits["train"].select(
-                per_class_subset(data.splits["train"], per_class, self.seed)
+                per_class_subset(data.splits["train"], per_class, self.seed, data.classes, "data.per_class")
             )
         if val_per_class is not None:
             # A smaller validation set only where asked: it is checked every epoch.
             val = data.splits["val"]
-            data.splits["val"] = val.select(per_class_subset(val, val_per_class, self.seed))
+            chosen = per_class_subset(val, val_per_class, self.seed, data.classes, "data.val_per_class")
+            data.splits["val"] = val.select(chosen)
         self.pipeline = self.choose_pipeline(data)
         self.bad_images = self.pipeline.load(data)
         self.report_bad_images()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,10 @@ TEST_IS_VAL = "val"  # no test split: the validation split, which also chose the
 TEST_CARVED = "carved from train"  # data.test_fraction: held out of train, never validated on
 # torchvision's list leaves out GIF, which real folders contain (hymenoptera's imageNotFound.gif).
 IMAGE_EXTENSIONS = tuple(sorted(set(IMG_EXTENSIONS) | {".gif"}))
+# Folders that tools leave beside images and that hold no images of the class they sit in: Jupyter's
+# .ipynb_checkpoints/ (and every other dot-folder), macOS zip archives' __MACOSX/ (AppleDouble `._x.jpg`
+# copies), Synology NAS thumbnails in @eaDir/. Dot-files (`._x.jpg`, `.DS_Store`) are skipped too.
+HIDDEN_FOLDERS = ("__MACOSX", "@eaDir")
 # Where Debian's `dataset-fashion-mnist` package puts the original files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -60,11 +65,36 @@ class SourceData:
     notes: list[str] = field(default_factory=list)
 
 
+def expand_path(path: str | Path) -> Path:
+    """`~`, `~user` and `$VAR`/`${VAR}` expanded, as a shell would have: a quoted `data.root='~/data'` reaches
+    us unexpanded, and Hydra's own `${oc.env:HOME}` is easy to miss."""
+    return Path(os.path.expandvars(os.fspath(path))).expanduser()
+
+
+def is_hidden(name: str) -> bool:
+    """A file or folder name no dataset means as data (see HIDDEN_FOLDERS)."""
+    return name.startswith(".") or name in HIDDEN_FOLDERS
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under `folder` at any depth, sorted, leaving out hidden files and everything under a
+    hidden folder (is_hidden): training and `predict` see the same images. Symlinked files count;
+    symlinked folders are not entered (as Path.rglob)."""
+    found = []
+    for parent, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not is_hidden(name)]  # pruned: never walked into
+        for name in files:
+            path = Path(parent, name)
+            if not is_hidden(name) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
 def list_class_folder(folder: Path) -> tuple[list[str], dict[str, list[Path]]]:
     """Class name → its image files, for one split folder laid out as <folder>/<class>/<image>."""
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist; check data.root")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not class_dirs:
         raise DataError(
             f"{folder} has no class folders; expected {folder}/<class name>/<image files> "
@@ -72,11 +102,7 @@ def list_class_folder(folder: Path) -> tuple[list[str], dict[str, list[Path]]]:
         )
     files = {}
     for class_dir in class_dirs:
-        images = sorted(
-            p
-            for p in class_dir.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
+        images = image_files(class_dir)
         if not images:
             raise DataError(
                 f"class folder {class_dir} has no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
@@ -167,7 +193,7 @@ def cross_validation_pool(data: SourceData) -> LabelledItems:
 
 def image_folder_source(root: str | Path, val_fraction: float, seed: int, in_chans: int) -> SourceData:
     """<root>/{train,val[,test]}/<class>/..., or <root>/<class>/... split into train/val by `val_fraction`."""
-    root = Path(root).expanduser()
+    root = expand_path(root)
     notes = []
     if (root / "train").is_dir():
         class_lists = {s: list_class_folder(root / s) for s in SPLITS if (root / s).is_dir()}
@@ -253,7 +279,7 @@ def cifar10_source(
 ) -> SourceData:
     from torchvision.datasets import CIFAR10
 
-    root = Path(root).expanduser()
+    root = expand_path(root)
     how = (
         f"Put cifar-10-python.tar.gz (or its extracted cifar-10-batches-py/) in {root}, run once with "
         "internet and data.download=true, or use a folder of images: data=imagefolder data.root=<dir> "
@@ -284,7 +310,7 @@ def fashion_mnist_source(
 ) -> SourceData:
     from torchvision.datasets import FashionMNIST
 
-    root = Path(root).expanduser()
+    root = expand_path(root)
     raw = root / "FashionMNIST" / "raw"
     if not (raw / "train-images-idx3-ubyte").exists() and install_debian_fashion_mnist(root):
         log.info("Fashion-MNIST copied from %s to %s", DEBIAN_FASHION_MNIST, raw)
@@ -309,12 +335,30 @@ def load_source(
     return fashion_mnist_source(root, val_fraction, seed, in_chans, download)
 
 
-def per_class_subset(split: LabelledItems, per_class: int, seed: int) -> list[int]:
-    """Seeded: exactly `per_class` indices of each class (or all a class has), sorted."""
+def per_class_subset(
+    split: LabelledItems, per_class: int, seed: int, classes: Sequence[str] | None = None, key: str = ""
+) -> list[int]:
+    """Seeded: exactly `per_class` indices of each class (or all a class has), sorted. With `classes` and
+    `key` (data.per_class): one warning naming the classes that have fewer, and how many each gives."""
     rng = np.random.default_rng(seed)
     targets = np.asarray(split.targets)
-    chosen = [rng.permutation(np.flatnonzero(targets == label))[:per_class] for label in np.unique(targets)]
+    labels = np.unique(targets)
+    chosen = [rng.permutation(np.flatnonzero(targets == label))[:per_class] for label in labels]
+    if classes is not None:
+        short = {classes[int(c)]: len(kept) for c, kept in zip(labels, chosen) if len(kept) < per_class}
+        if short:
+            listed = ", ".join(f"{name}: {count}" for name, count in short.items())
+            log.warning(
+                "%s=%d is more than %d class(es) have; using all they have (%s); results.json lists "
+                "the images used per class (train_per_class)", key, per_class, len(short), listed,
+            )  # fmt: skip
     return sorted(int(i) for members in chosen for i in members)
+
+
+def class_counts(split: LabelledItems, classes: Sequence[str]) -> dict[str, int]:
+    """How many images of each class `split` holds, in class order (zero for an absent class)."""
+    counts = np.bincount(np.asarray(split.targets, dtype=int), minlength=len(classes))
+    return {name: int(count) for name, count in zip(classes, counts)}
 
 
 def find_bad_files(paths: Sequence[str], workers: int) -> dict[str, str]:

@@ -5,6 +5,7 @@ download (the saved hyper-parameters ask for random init: the checkpoint holds t
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -58,6 +59,38 @@ def decide(probabilities: torch.Tensor, threshold: float | None, positive_class:
         return probabilities.argmax(dim=1)
     positive = probabilities[:, positive_class] >= threshold
     return torch.where(positive, positive_class, 1 - positive_class)
+
+
+@dataclass(frozen=True)
+class BinaryDecision:
+    """How a two-class model names its answer, shown wherever an answer is (predict, figures, results.json,
+    export): the positive class where its probability reaches the threshold, else the other one."""
+
+    threshold: float
+    positive: str
+    negative: str
+    positive_class: int  # its index in the model's classes
+    rule: str | float  # data.threshold: "youden" (chosen on validation) or a fixed probability
+
+    @property
+    def origin(self) -> str:
+        if self.rule == "youden":
+            return "chosen on the validation split by Youden's J at this checkpoint's epoch"
+        return "fixed by data.threshold"
+
+    @property
+    def text(self) -> str:
+        rule = f"{self.positive} when P({self.positive}) ≥ {self.threshold:.3f}, else {self.negative}"
+        return f"{rule} (threshold {self.origin})"
+
+    def predict(self, probabilities: torch.Tensor) -> torch.Tensor:
+        return decide(probabilities, self.threshold, self.positive_class)
+
+    def explain(self, probabilities: torch.Tensor) -> str:
+        """One image's answer and why, from its two class probabilities."""
+        p = float(probabilities[self.positive_class])
+        answer, side = (self.positive, "≥") if p >= self.threshold else (self.negative, "<")
+        return f"{answer} (P({self.positive}) {p:.1%} {side} threshold {self.threshold:.1%}, {self.origin})"
 
 
 def youden_threshold(roc: BinaryROC) -> float:
@@ -146,6 +179,16 @@ class TransferModule(L.LightningModule):
         # Softmax probabilities and targets of the last test pass, in loader order (predictions.csv).
         self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_predictions: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def binary_decision(self) -> BinaryDecision | None:
+        """Two classes with a threshold: how the answer is chosen; None: the more probable class."""
+        if self.num_classes != 2 or self.threshold is None:
+            return None
+        positive, negative = self.class_names[self.positive_class], self.class_names[1 - self.positive_class]
+        return BinaryDecision(
+            float(self.threshold), positive, negative, self.positive_class, self.threshold_rule
+        )
 
     @property
     def extra_trainable(self) -> list[str]:
@@ -273,7 +316,9 @@ class TransferModule(L.LightningModule):
             if self.threshold_rule == "youden":
                 self.threshold = youden_threshold(self.val_roc)
             self.val_roc.reset()
-            self.log("val/threshold", self.threshold)
+            # Not a val/ metric: results.json keeps one threshold per run (the best checkpoint's), and the
+            # last epoch's would sit beside it with another value.
+            self.log("threshold/chosen_on_val", self.threshold)
 
     def on_test_epoch_start(self) -> None:
         self.test_outputs = []
@@ -297,7 +342,6 @@ class TransferModule(L.LightningModule):
         said_positive = (predicted == self.positive_class).long()
         is_positive = (targets == self.positive_class).long()
         return {
-            "test/threshold": float(self.threshold),
             "test/acc@thr": multiclass_accuracy(predicted, targets, 2, average="micro"),
             "test/balanced_acc@thr": multiclass_accuracy(predicted, targets, 2, average="macro"),
             "test/sensitivity@thr": binary_recall(said_positive, is_positive),

@@ -3,11 +3,18 @@ Beyond the schema: values that depend on each other, the files they name, the ba
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
+from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from tlbench.config.schema import TWO_CLASS_METRICS, ConfigError, RunConfig, parse
+from tlbench.data.sources import expand_path
 from tlbench.models.backbones import get_preset
 from tlbench.models.strategies import STRATEGIES
 
@@ -19,9 +26,11 @@ def check_config(cfg: DictConfig) -> RunConfig:
     if data.source == "imagefolder":
         if not data.root:
             raise ConfigError("data=imagefolder needs data.root=<folder of class folders (or train/ val/)>")
-        if not Path(data.root).expanduser().is_dir():
+        root = expand_path(data.root)
+        if not root.is_dir():
+            shown = data.root if str(root) == data.root else f"{data.root} ({root})"
             raise ConfigError(
-                f"data.root={data.root} does not exist (or is not a folder); point it at your images"
+                f"data.root={shown} does not exist (or is not a folder); point it at your images"
             )
     if data.folds is None and data.fold != 0:
         raise ConfigError(
@@ -34,6 +43,7 @@ def check_config(cfg: DictConfig) -> RunConfig:
             raise ConfigError(
                 f"strategy={strategy.name} needs strategy.{key}=<epochs>, got null: e.g. strategy.{key}=1"
             )
+    check_accelerator(run.trainer.accelerator, run.trainer.devices)
     if run.tune.min_lr >= run.tune.max_lr:
         raise ConfigError(f"tune.min_lr ({run.tune.min_lr}) must be below tune.max_lr ({run.tune.max_lr})")
     checkpoint = run.backbone.checkpoint
@@ -50,6 +60,51 @@ def check_config(cfg: DictConfig) -> RunConfig:
             f"backbone.name={run.backbone.name} / backbone.weights={run.backbone.weights}: {error}"
         ) from None
     return run
+
+
+# What each trainer.accelerator needs, as the error names it.
+DEVICE_KINDS = {
+    "gpu": "a CUDA or Apple MPS GPU",
+    "cuda": "a CUDA GPU",
+    "mps": "an Apple MPS GPU",
+    "tpu": "a TPU (with torch_xla installed)",
+}
+
+
+def available_devices(accelerator: str) -> int:
+    """How many devices of this kind Lightning can use here, asked without starting CUDA (Lightning sets
+    PYTORCH_NVML_BASED_CUDA_CHECK, so torch counts GPUs through NVML); 0 when the backend is missing."""
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
+
+    try:
+        if accelerator in ("cuda", "gpu") and CUDAAccelerator.is_available():
+            return CUDAAccelerator.auto_device_count()
+        if accelerator in ("mps", "gpu") and MPSAccelerator.is_available():
+            return 1
+        if accelerator == "tpu" and XLAAccelerator.is_available():
+            return XLAAccelerator.auto_device_count()
+    except Exception:  # noqa: BLE001 - a backend that cannot even be asked is not available
+        return 0
+    return 0
+
+
+def check_accelerator(accelerator: str, devices: int | str | tuple[int, ...]) -> None:
+    """trainer.accelerator names a device this machine has (else Lightning fails once the data are loaded,
+    33 lines deep), and trainer.devices asks for no more of them than it has."""
+    if accelerator in ("auto", "cpu"):
+        return
+    count = available_devices(accelerator)
+    if count == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs {DEVICE_KINDS[accelerator]} and this machine has none; "
+            "use trainer.accelerator=auto (a GPU when there is one, else the CPU) or trainer.accelerator=cpu"
+        )
+    wanted = max(devices) + 1 if isinstance(devices, tuple) else devices
+    if isinstance(wanted, int) and wanted > count:
+        raise ConfigError(
+            f"trainer.devices={devices} asks for more {accelerator} devices than the {count} this machine "
+            f"has; use trainer.devices=auto or at most {count}"
+        )
 
 
 def check_against_data(run: RunConfig, num_classes: int) -> None:
@@ -71,3 +126,56 @@ def check_against_data(run: RunConfig, num_classes: int) -> None:
             f"trainer.monitor=val/top5 is logged from 10 classes on, the data has {num_classes}; "
             "use trainer.monitor=val/acc"
         )
+
+
+class CheckOutputFolder(Callback):
+    """Hydra creates the run (or sweep) folder before tlbench's code runs, so a read-only parent, or a file
+    where a folder should be, ends in Hydra's own traceback; checked here first, as one line."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        from tlbench.run.folder import RunFolderError, check_writable
+
+        try:
+            # The default name reads ${hydra:runtime.choices...}: resolvable once HydraConfig holds this
+            # config, as run_job sets it right after this callback anyway.
+            HydraConfig.instance().set_config(config)
+            where = Path(str(OmegaConf.select(config, key))).absolute()
+        except Exception:  # noqa: BLE001 - a folder name Hydra cannot resolve yet is Hydra's to report
+            return
+        try:
+            check_writable(where, key)
+        except RunFolderError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+
+
+# key=~/path: the shell leaves ~ alone after a dotted key (zsh and bash alike), and Hydra's override
+# grammar rejects it ("LexerNoViableAltException ... ^" under the ~).
+_TILDE_OVERRIDE = re.compile(r"^(\+{0,2}[A-Za-z_][\w.\-/@]*)=(~.*)$")
+_HYDRA_SPECIAL = set("()[]{}'\"\\=,:$ ")
+
+
+def expand_tilde_overrides(argv: list[str]) -> list[str]:
+    """Command-line overrides with a value starting with ~ (each of a sweep's comma-separated values)
+    expanded to the home folder, as the shell does for a plain assignment; quoted for Hydra when needed."""
+    expanded = []
+    for arg in argv:
+        match = _TILDE_OVERRIDE.match(arg)
+        if not match:
+            expanded.append(arg)
+            continue
+        values = []
+        for value in match.group(2).split(","):
+            path = os.path.expanduser(value) if value.startswith("~") else value
+            if path != value and _HYDRA_SPECIAL & set(path):
+                path = "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            values.append(path)
+        expanded.append(f"{match.group(1)}={','.join(values)}")
+    return expanded

@@ -13,24 +13,35 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from tlbench.analysis.fonts import any_script
 from tlbench.data.preset import denormalize
+from tlbench.models.module import BinaryDecision
 
 FIGURES_DIR = "figures"
 # Counts stay readable inside the cells up to about this many classes.
 _ANNOTATE_MAX_CLASSES = 30
 
 
-def most_confidently_wrong(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+def predicted_classes(probs: torch.Tensor, decision: BinaryDecision | None) -> torch.Tensor:
+    """The answers `predict` gives: at the saved threshold for two classes, else the more probable class."""
+    return decision.predict(probs) if decision is not None else probs.argmax(dim=1)
+
+
+def most_confidently_wrong(
+    probs: torch.Tensor, labels: torch.Tensor, k: int, decision: BinaryDecision | None = None
+) -> torch.Tensor:
     """Row indices of up to `k` wrong predictions, the most confident (in the predicted class) first."""
-    confidence, predicted = probs.max(dim=1)
+    predicted = predicted_classes(probs, decision)
+    confidence = probs.gather(1, predicted[:, None]).squeeze(1)
     wrong = (predicted != labels).nonzero().squeeze(1)
     return wrong[confidence[wrong].argsort(descending=True)[:k]]
 
 
 def confusion_matrix_figure(
-    labels: torch.Tensor, predictions: torch.Tensor, class_names: Sequence[str]
+    labels: torch.Tensor, predictions: torch.Tensor, class_names: Sequence[str], decided_by: str | None = None
 ) -> Figure:
-    """Counts of (true, predicted) class pairs; the colour is the share of the true class (recall)."""
+    """Counts of (true, predicted) class pairs; the colour is the share of the true class (recall);
+    `decided_by` (a two-class threshold rule) is said under the title."""
     n = len(class_names)
     counts = torch.bincount(labels.long() * n + predictions.long(), minlength=n * n).view(n, n).numpy()
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -43,7 +54,8 @@ def confusion_matrix_figure(
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"test confusion matrix ({int(counts.sum())} images)")
+    how = f"predicted: {decided_by}" if decided_by else "predicted: the more probable class"
+    ax.set_title(f"test confusion matrix ({int(counts.sum())} images)\n{how}", fontsize="medium", wrap=True)
     if n <= _ANNOTATE_MAX_CLASSES:
         for true in range(n):
             for pred in range(n):
@@ -102,6 +114,7 @@ def log_images(logger, images: dict[str, np.ndarray], step: int = 0) -> None:
     writer.flush()
 
 
+@any_script()  # class names in any script (fonts.py)
 def write_run_figures(
     run_dir: str | Path,
     logger,
@@ -115,6 +128,7 @@ def write_run_figures(
     test_image_rows: torch.Tensor | None = None,
     train_images: torch.Tensor | None = None,
     train_labels: torch.Tensor | None = None,
+    decision: BinaryDecision | None = None,
     max_images: int = 16,
     step: int = 0,
 ) -> dict[str, Path]:
@@ -123,27 +137,31 @@ def write_run_figures(
     `test_probs` (N, classes) and `test_labels` (N,) of every test image give the confusion matrix;
     `test_images` (M, C, H, W) are the rows `test_image_rows` of them (default 0..M-1): only the
     `max_images` most confidently wrong are drawn, so passing those is enough. `train_images` (B, C, H, W)
-    and optional `train_labels` give the training batch, de-normalised with `mean`/`std`."""
+    and optional `train_labels` give the training batch, de-normalised with `mean`/`std`. `decision` (two
+    classes) makes the answers those of `predict`, at the saved threshold, and the figures say so."""
     folder = Path(run_dir) / FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     test_probs, test_labels = test_probs.detach().float().cpu(), test_labels.detach().long().cpu()
-    figures = {"confusion_matrix": confusion_matrix_figure(test_labels, test_probs.argmax(1), class_names)}
+    predicted = predicted_classes(test_probs, decision)
+    decided_by = decision.text if decision is not None else None
+    figures = {"confusion_matrix": confusion_matrix_figure(test_labels, predicted, class_names, decided_by)}
 
     if test_images is not None:
         rows = torch.arange(len(test_images)) if test_image_rows is None else test_image_rows.cpu()
         position = {int(row): index for index, row in enumerate(rows)}
-        ranked = most_confidently_wrong(test_probs, test_labels, max_images).tolist()
+        ranked = most_confidently_wrong(test_probs, test_labels, max_images, decision).tolist()
         wrong = [row for row in ranked if row in position]
         if wrong:
             titles = [
                 f"true {class_names[test_labels[row]]}\n"
-                f"pred {class_names[test_probs[row].argmax()]} {test_probs[row].max():.0%}"
+                f"pred {class_names[predicted[row]]} {test_probs[row, predicted[row]]:.0%}"
                 for row in wrong
             ]
             picked = test_images[[position[row] for row in wrong]]
-            figures["confidently_wrong"] = image_grid_figure(
-                picked, mean, std, titles, title="most confidently wrong test images"
+            title = "most confidently wrong test images" + (
+                f"\npredicted: {decided_by}" if decided_by else ""
             )
+            figures["confidently_wrong"] = image_grid_figure(picked, mean, std, titles, title=title)
 
     if train_images is not None and len(train_images):
         batch = train_images[:max_images]
@@ -203,16 +221,20 @@ class RunFigureRecorder(L.Callback):
         offset = sum(len(p) for p in self._probs)
         self._probs.append(probs)
         self._labels.append(labels)
-        self._keep_most_confidently_wrong(images, probs, labels, offset)
+        decision = getattr(pl_module, "binary_decision", None)  # the tested checkpoint's threshold
+        self._keep_most_confidently_wrong(images, probs, labels, offset, decision)
 
-    def _keep_most_confidently_wrong(self, images, probs, labels, offset: int) -> None:
-        wrong = most_confidently_wrong(probs, labels, self.max_images)
+    def _keep_most_confidently_wrong(self, images, probs, labels, offset: int, decision=None) -> None:
+        wrong = most_confidently_wrong(probs, labels, self.max_images, decision)
         if not len(wrong):
             return
         new_images = images[wrong.to(images.device)].float().cpu()
         candidates = new_images if self._wrong_images is None else torch.cat([self._wrong_images, new_images])
         rows = torch.cat([self._wrong_rows, wrong + offset])
-        confidence = torch.cat([self._wrong_confidence, probs[wrong].max(dim=1).values])
+        predicted = predicted_classes(probs[wrong], decision)
+        confidence = torch.cat(
+            [self._wrong_confidence, probs[wrong].gather(1, predicted[:, None]).squeeze(1)]
+        )
         keep = confidence.argsort(descending=True)[: self.max_images]
         self._wrong_images = candidates[keep]
         self._wrong_rows, self._wrong_confidence = rows[keep], confidence[keep]

@@ -214,7 +214,7 @@ def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> rep
     analysis = report.analyse(found.runs)
     summary_md = report.write_report(found, sweep_dir, analysis)
     print(report.render_table(analysis.groups))
-    print("\n" + report.verdict_text(analysis))
+    print("\n" + report.verdict_text(analysis, found))
     print(f"\n{report.count_line(found)}\nreport: {summary_md}")
     return found
 

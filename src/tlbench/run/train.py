@@ -28,13 +28,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tlbench.config.schema import RunConfig
 from tlbench.data.datamodule import ImageDataModule
+from tlbench.data.sources import class_counts
 from tlbench.models.backbones import get_preset
 from tlbench.models.module import TransferModule
 from tlbench.models.steps import resolve_cuda_graph
 from tlbench.results.files import RESULTS_FILE, read_results, versions, write_json_atomic
 from tlbench.results.predictions import write_predictions
 from tlbench.run import checkpoints, folder, sweep, tune
-from tlbench.run.checks import check_against_data, check_config
+from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
 from tlbench.run.runtime import keep_freed_memory
@@ -157,9 +158,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "per_class_acc": module.test_per_class_result,
         "classes": datamodule.classes,
         "split_sizes": sizes,
+        # What was trained on per class: data.per_class is what was asked (params), a class may have fewer.
+        "train_per_class": class_counts(datamodule.data.splits["train"], datamodule.classes),
         "test_split": datamodule.data.test_split,
-        # Two classes: the best checkpoint's threshold (chosen on val), used by test/*@thr and predict.
+        # Two classes: the best checkpoint's threshold (the run's one value), used by test/*@thr, the
+        # figures and predict; `decision` says which class it picks and where the threshold was chosen.
         "threshold": module.threshold,
+        "decision": module.binary_decision.text if module.binary_decision else None,
         "wall_time_s": time.perf_counter() - started,
         "train_images_per_s": cost.images_per_second,
         "pipeline": datamodule.pipeline.name,
@@ -190,6 +195,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_run_figures(
         run_dir, trainer.logger, **drawn, class_names=module.class_names,
         mean=module.preset.mean, std=module.preset.std, step=trainer.global_step,
+        decision=module.binary_decision,
     )  # fmt: skip
     write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
@@ -298,6 +304,7 @@ def record_signal(run_dir: Path, signum: int) -> folder.RunInterrupted:
 def main() -> float | None:
     """`python -m tlbench.train` (and the `tlbench-train` script): Hydra parses the command line."""
     sweep.register_with_hydra()
+    sys.argv[1:] = expand_tilde_overrides(sys.argv[1:])  # data.root=~/data: Hydra's grammar rejects ~
     return hydra_main()
 
 

@@ -9,8 +9,11 @@ python -m tlbench.export outputs/runs/<run>/checkpoints/best.ckpt --format torch
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import torch
 
 from tlbench.models.module import TransferModule
-from tlbench.results.files import versions
+from tlbench.results.files import versions, write_atomic
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -76,6 +79,8 @@ def serving_metadata(module: TransferModule, format: str, model_file: str) -> di
     threshold = module.hparams.get("threshold")
     if threshold is not None:
         metadata["threshold"] = threshold
+    if module.binary_decision is not None:  # which class the threshold picks, and where it was chosen
+        metadata["decision"] = module.binary_decision.text
     return metadata
 
 
@@ -83,29 +88,68 @@ def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None 
     """Write the checkpoint's network as `format` to `out` and its serving metadata to `<out>.json`."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    default_name = Path(checkpoint).with_suffix(FORMATS[format]).name
+    out = Path(out).expanduser() if out else Path(checkpoint).with_suffix(FORMATS[format])
+    if out.is_dir():  # as cp does: into that folder, under the checkpoint's name
+        out = out / default_name
+    check_writable_folder(out.parent, "--out")
     module = load_checkpoint(checkpoint)
-    out = Path(out) if out else Path(checkpoint).with_suffix(FORMATS[format])
-    out.parent.mkdir(parents=True, exist_ok=True)
     preset = module.preset
     example = torch.zeros(2, len(preset.mean), preset.crop_size, preset.crop_size)
     with torch.no_grad():
         if format == "onnx":
-            _export_onnx(module.net, example, out)
+            model_bytes = _export_onnx(module.net, example)
         else:
             with warnings.catch_warnings():
                 # torch marks torch.jit deprecated; TorchScript is still what C++/LibTorch servers load.
                 warnings.simplefilter("ignore", FutureWarning)
-                torch.jit.trace(module.net, example).save(str(out))
+                buffer = io.BytesIO()
+                torch.jit.save(torch.jit.trace(module.net, example), buffer)
+            model_bytes = buffer.getvalue()
+    # Serialised in memory, then written by Python: torch's own file writer aborts the process (C++
+    # terminate, exit 134) on a full disk, leaving a truncated file; write_atomic leaves the old file or none.
+    try:
+        write_atomic(out, model_bytes)
+    except OSError as error:
+        free = shutil.disk_usage(out.parent).free / 2**20
+        raise OutputPathError(
+            f"could not write {out} ({error.strerror or error}; {free:.0f} MB free there); "
+            "free some space or choose another --out"
+        ) from None
     metadata_file = out.with_name(out.name + ".json")
-    metadata_file.write_text(json.dumps(serving_metadata(module, format, out.name), indent=2) + "\n")
+    write_atomic(metadata_file, json.dumps(serving_metadata(module, format, out.name), indent=2) + "\n")
     return out, metadata_file
 
 
-def _export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
+class OutputPathError(ValueError):
+    """An output path the CLI cannot write; the message names the option and what to do."""
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """OutputPathError (one line) unless `folder` exists or can be made and a file can be written in it:
+    checked before minutes of work, and a file where a folder is meant is named as such."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{option}: {existing} is a file, not a folder; choose another {option}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # permissions alone do not tell (root, read-only mounts)
+            pass
+    except OSError as error:
+        raise OutputPathError(
+            f"{option}: cannot write into {folder} ({error.strerror or error}); choose another {option}"
+        ) from None
+
+
+def _export_onnx(net: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """The network as a checked ONNX model, in memory (models this size are far below protobuf's 2 GB)."""
     try:
         import onnx
     except ImportError as err:
         raise ImportError(f"ONNX export needs the onnx package: {_ONNX_INSTALL_HINT}") from err
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript-based exporter needs only onnx; torch nudges to dynamo's, which needs onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -113,14 +157,16 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, out: Path) -> None
         torch.onnx.export(
             net,
             (example,),
-            str(out),
+            buffer,
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=ONNX_OPSET,
         )
-    onnx.checker.check_model(str(out))
+    model_bytes = buffer.getvalue()
+    onnx.checker.check_model(model_bytes)
+    return model_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,12 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("checkpoint")
     parser.add_argument("--format", choices=list(FORMATS), default="onnx")
-    parser.add_argument("--out", help="the model file to write (default: beside the checkpoint)")
+    parser.add_argument(
+        "--out", help="the model file to write, or a folder to write it in (default: beside the checkpoint)"
+    )
     args = parser.parse_args(argv)
     try:
         model_file, metadata_file = export(args.checkpoint, args.format, args.out)
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the disk filled up or went read-only while writing
+        where = error.filename or args.out or "the output folder"
+        print(
+            f"error: could not write {where} ({error.strerror or error}); choose another --out",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.format}: {model_file}\nserving metadata: {metadata_file}")
     return 0

@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from tlbench.data.images import BadImageError, read_image
 from tlbench.data.preset import Preset, eval_transform
-from tlbench.data.sources import IMAGE_EXTENSIONS
+from tlbench.data.sources import IMAGE_EXTENSIONS, image_files
 from tlbench.models.backbones import build_imagenet_classifier
 from tlbench.models.module import TransferModule, decide
 from tlbench.models.weights import WeightsUnavailableError
-from tlbench.serve.export import load_checkpoint
+from tlbench.serve.export import check_writable_folder, load_checkpoint
 
 
 class ImageNetClassifier(nn.Module):
@@ -172,17 +172,34 @@ def write_cams(
 
 
 def expand_folders(inputs: list[str]) -> list[str]:
-    """Image files as given; a folder stands for the image files under it, in sorted order."""
+    """Image files as given; a folder stands for the image files under it, in sorted order, without hidden
+    files and folders (.ipynb_checkpoints/, __MACOSX/, ._x.jpg: as training leaves them out)."""
     paths = []
     for item in inputs:
         if Path(item).is_dir():
-            found = sorted(p for p in Path(item).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = image_files(item)
             if not found:
-                raise FileNotFoundError(f"no image files under {item}")
+                looked = ", ".join(IMAGE_EXTENSIONS)
+                raise FileNotFoundError(f"no image files under {item} (looked for {looked}; not hidden ones)")
             paths += [str(p) for p in found]
         else:
             paths.append(item)
     return paths
+
+
+def whole_number(minimum: int):
+    """An argparse type: a whole number ≥ `minimum`, else argparse's usage error naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda tag: None if tag.lower() in ("null", "none") else tag,
         help="with --backbone: the weights tag (default: DEFAULT)",
     )
-    parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="images decoded and predicted at once (default: 32)"
+        "--top-k", type=whole_number(1), default=3, help="classes shown per image (default: 3; at most all)"
     )
     parser.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes that decode images"
+        "--batch-size",
+        type=whole_number(1),
+        default=32,
+        help="images decoded and predicted at once (default: 32)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=whole_number(0),
+        default=min(4, os.cpu_count() or 1),
+        help="processes that decode images (0: in this process)",
     )
     parser.add_argument(
         "--cam", nargs="?", const="cam", metavar="DIR", help="write Grad-CAM overlays to DIR (default: cam/)"
@@ -218,14 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.backbone and len(args.inputs) < 2:
         parser.error("give a checkpoint and at least one image, or --backbone NAME and images")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
+        if args.cam:
+            check_writable_folder(Path(args.cam), "--cam")
         if args.backbone:
             model, images = load_zero_shot(args.backbone, args.weights), expand_folders(args.inputs)
         else:
             model, images = load_model(args.inputs[0]), expand_folders(args.inputs[1:])
-        failed = print_predictions(model, images, args.top_k, args.batch_size, args.workers)
+        top_k = min(args.top_k, len(model.class_names))
+        if top_k < args.top_k:
+            print(f"note: --top-k {args.top_k} is more than the model's {top_k} classes; showing all {top_k}",
+                  file=sys.stderr)  # fmt: skip
+        failed = print_predictions(model, images, top_k, args.batch_size, args.workers)
         readable = [path for path in images if path not in failed]
         cams = write_cams(model, readable, args.cam, args.cam_stage) if args.cam else []
     except (FileNotFoundError, BadImageError, ValueError, ImportError, WeightsUnavailableError) as error:
@@ -248,12 +277,15 @@ def print_predictions(
 ) -> set[str]:
     """One line per image as it is predicted, under a progress bar; returns the unreadable paths."""
     failed = set()
+    # Two classes: the answer comes from the saved threshold, not the larger probability; each line says so.
+    decision = getattr(model, "binary_decision", None)
     rows = predict_each(model, paths, batch_size, workers)
     for prediction in tqdm(rows, total=len(paths), unit="image", file=sys.stderr, disable=None):
         if prediction.error is not None:
             failed.add(prediction.path)
             tqdm.write(f"{prediction.path}: unreadable ({prediction.error})")
         else:
-            ranked = prediction.ranked(model, top_k)
-            tqdm.write(f"{prediction.path}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked))
+            ranked = ", ".join(f"{name} {p:.1%}" for name, p in prediction.ranked(model, top_k))
+            why = f"{decision.explain(prediction.probabilities)}: " if decision is not None else ""
+            tqdm.write(f"{prediction.path}: {why}{ranked}")
     return failed
