@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,3 +148,30 @@ def test_a_killed_run_resumed_ends_as_the_uninterrupted_run(tmp_path, overrides,
     run_until_killed(resumed, tmp_path / "resumed", after_epoch)
     run(resumed)
     assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+
+
+# ------------------------------------------------------------ moved, or its last.ckpt damaged, then resumed
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_kill", ["moved", "last.ckpt truncated", "moved, last.ckpt truncated"])
+def test_a_killed_run_moved_or_damaged_resumed_ends_as_the_uninterrupted_run(tmp_path, after_kill):
+    """A moved folder resumes with its best score and its own checkpoints (Lightning alone forgot the best
+    score after a move, so the first epoch after the resume replaced best.ckpt whatever its score). A
+    damaged last.ckpt is set aside and the run continues from best.ckpt — replaying the same epochs, as
+    each epoch's randomness comes from (seed, epoch)."""
+    root = make_image_folder(tmp_path / "images", per_split={"train": 16, "val": 4, "test": 4})
+    overrides = ["strategy=gradual", "strategy.unfreeze_every=2", "data.pipeline=streaming"]
+    run(command(root, tmp_path / "whole", overrides))
+    killed = tmp_path / "killed"
+    run_until_killed(command(root, killed, overrides), killed, after_epoch=2)
+    resumed = killed
+    if after_kill.startswith("moved"):
+        resumed = Path(shutil.move(killed, tmp_path / "disk2" / "resumed"))
+    if after_kill.endswith("truncated"):
+        truncate(resumed / "checkpoints" / "last.ckpt")
+    run(command(root, resumed, overrides))
+    assert_same_run(tmp_path / "whole", resumed)
+    assert (resumed / "checkpoints" / "last.ckpt.corrupt-1").exists() == after_kill.endswith("truncated")

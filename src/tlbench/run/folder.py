@@ -18,7 +18,14 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from tlbench.results.files import CLAIM_FILE, INTERRUPTED_FILE, RESULTS_FILE, claim_holder, write_json_atomic
+from tlbench.results.files import (
+    CLAIM_FILE,
+    INTERRUPTED_FILE,
+    RESULTS_FILE,
+    claim_holder,
+    write_atomic,
+    write_json_atomic,
+)
 
 RUN_CONFIG_FILE = "run_config.json"
 REPLACED_DIR = "replaced"
@@ -302,7 +309,9 @@ def checkpoint_position(path: str | Path) -> tuple[int, int] | None:
 
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError, ValueError):
+    except Exception:  # noqa: BLE001 - truncated, garbage (UnpicklingError), empty: all unreadable alike
+        return None
+    if not isinstance(saved, dict):
         return None
     return int(saved.get("epoch", 0)), int(saved.get("global_step", 0))
 
@@ -318,6 +327,4 @@ def record_interrupted(run_dir: str | Path, signum: int) -> Path:
     if position:
         where = f"{last.relative_to(run_dir)} holds epoch {position[0]}, step {position[1]}: "
         where += "run the same command again to continue"
-    path = run_dir / INTERRUPTED_FILE
-    path.write_text(f"interrupted by {name} at {when}; {where}\n")
-    return path
+    return write_atomic(run_dir / INTERRUPTED_FILE, f"interrupted by {name} at {when}; {where}\n")

@@ -25,7 +25,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tlbench.results.files import ERROR_FILE, INTERRUPTED_FILE, write_atomic
-from tlbench.run.folder import try_lock
+from tlbench.run.folder import RUN_CONFIG_FILE, exit_status, try_lock
+from tlbench.run.stopping import StopSweepOnSignal, is_sweep_process, stop_requested
+
+__all__ = ["StopSweepOnSignal", "is_sweep_process", "stop_requested"]  # the sweep's API, defined in stopping
 
 if TYPE_CHECKING:
     from tlbench.analysis import report
@@ -66,10 +69,15 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def record_failure(run_dir: str | Path, error: BaseException) -> Path:
-    """Keep the traceback in the run folder as error.txt, where the report and the next person find it."""
+def record_failure(run_dir: str | Path, error: BaseException) -> Path | None:
+    """Keep the traceback in the run folder as error.txt, where the report and the next person find it;
+    None (and one warning) when the folder cannot take it — a full disk must not bury the error itself."""
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return write_atomic(Path(run_dir) / ERROR_FILE, text)
+    try:
+        return write_atomic(Path(run_dir) / ERROR_FILE, text)
+    except OSError as failed:
+        log.warning("could not write %s (%s)", Path(run_dir) / ERROR_FILE, failed.strerror or failed)
+        return None
 
 
 def clear_failure(run_dir: str | Path) -> None:
@@ -164,6 +172,10 @@ class ReportOnMultirunEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("RANK", "0") != "0":  # under torchrun every rank runs the sweep; one reports
             return
+        stopped = stop_requested()
+        if stopped is not None:  # the jobs in other processes have stopped and returned
+            report_stopped_sweep(config.hydra)
+            raise SystemExit(exit_status(stopped))
         found = write_sweep_report(Path(config.hydra.sweep.dir))
         if found.running:
             log.warning(
@@ -191,11 +203,11 @@ def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> rep
 
     found = report.find_runs(sweep_dir)
     seen = {r.path for r in found.runs} | {p.path for p in found.unfinished}
-    found.missing += [
-        report.Problem(path, "missing", "not started: the sweep was stopped by a signal")
-        for path in not_started
-        if path not in seen
-    ]
+    why = "not started: the sweep was stopped by a signal"
+    found.missing += [report.Problem(path, "missing", why) for path in not_started if path not in seen]
+    for problem in found.missing:  # a job taken up after the signal: Hydra made its folder, it ran nothing
+        if problem.path in not_started and not (problem.path / RUN_CONFIG_FILE).exists():
+            problem.detail = why
     if not found.has_outcomes:
         log.warning("no results.json, error.txt or interrupted.txt under %s: nothing to report", sweep_dir)
         return found
@@ -238,10 +250,14 @@ def report_stopped_sweep(hydra_cfg: DictConfig) -> None:
     """A signal stops the whole sweep: write its report now (on_multirun_end will not run)."""
     if os.environ.get("RANK", "0") != "0":
         return
-    write_sweep_report(Path(hydra_cfg.sweep.dir), planned_job_dirs(hydra_cfg))
+    found = write_sweep_report(Path(hydra_cfg.sweep.dir), planned_job_dirs(hydra_cfg))
     log.error(
-        "the sweep was stopped by a signal; run the same command again to continue it: finished jobs are "
-        "skipped and the interrupted one resumes from its last.ckpt"
+        "the sweep was stopped by a signal (%d jobs interrupted, %d not finished, %d complete); run the same "
+        "command again to continue it: finished jobs are skipped and interrupted ones resume from their "
+        "last.ckpt",
+        len(found.interrupted),
+        len(found.unfinished) - len(found.interrupted),
+        len(found.runs),
     )
 
 

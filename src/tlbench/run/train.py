@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from tlbench.results.files import (
     write_json_atomic,
 )
 from tlbench.results.predictions import write_predictions
-from tlbench.run import folder, sweep, tune
+from tlbench.run import checkpoints, folder, sweep, tune
 from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
@@ -120,11 +121,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if module.caches_features:
         datamodule.use_features(module.embed)
     cost = RunCost()
-    trainer, checkpoint = build_trainer(cfg, run_dir, cost)
+    # last.ckpt, else best.ckpt; an unreadable one is set aside (named in the log), never resumed in a loop.
+    resume_from = None if cfg.trainer.fast_dev_run else checkpoints.resume_checkpoint(run_dir)
+    trainer, checkpoint = build_trainer(cfg, run_dir, cost, resume_from)
     figures = RunFigureRecorder()
     trainer.callbacks.append(figures)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.exists() and not cfg.trainer.fast_dev_run else None
+    resume = str(resume_from) if resume_from else None
     resolved = {
         "pipeline": pipeline,
         "precision": str(trainer.precision),
@@ -143,7 +145,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "stopped_early": bool(stopping and stopping.stopped_epoch),
     }
 
-    best = checkpoint.best_model_path or None
+    # In this run folder wherever it was before (RunCheckpoint); set aside and replaced when unreadable.
+    best = checkpoints.checkpoint_to_test(checkpoint.best_model_path or None, run_dir)
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     if trainer.is_global_zero and module.test_predictions is not None:
         # Per-image probabilities beside results.json, for the report's paired bootstrap and calibration.
@@ -181,7 +184,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "trainable_stages": module.trainable_stages,
         "bad_images": sorted(datamodule.bad_images),
         **trained,
-        "best_checkpoint": str(Path(best).relative_to(run_dir)) if best else None,
+        # Relative to the run folder, whichever way either path is spelled (ModelCheckpoint's is resolved).
+        "best_checkpoint": checkpoints.inside(best, run_dir) if best else None,
         "best_val": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
         "precision": str(trainer.precision),
         "device": device_name(trainer.strategy.root_device),
@@ -236,9 +240,8 @@ def summary_line(results: dict) -> str:
 
 # Errors whose message already tells the user what to do: printed without a traceback.
 def is_user_error(error: BaseException) -> bool:
-    return isinstance(error, (ValueError, FileNotFoundError, ImportError)) or type(error).__name__.endswith(
-        "UnavailableError"
-    )
+    known = (ValueError, FileNotFoundError, ImportError, checkpoints.CheckpointWriteError)
+    return isinstance(error, known) or type(error).__name__.endswith("UnavailableError")
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -333,10 +336,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
     sweep.pin_job_to_gpu(hydra_cfg)  # before anything starts CUDA
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    worker = multirun and not sweep.is_sweep_process()
+    if worker:
+        # A launcher's worker (joblib, submitit) between jobs leaves signals to the process that launched the
+        # sweep, which stops the running jobs and ends its workers (stopping.py); dying here would break it.
+        for signum in folder.SignalGuard.HANDLED:
+            signal.signal(signum, signal.SIG_IGN)
     claim = folder.claimed(run_dir) if is_first_process() else contextlib.nullcontext()
     try:
-        with claim:
-            return run_job(cfg, hydra_cfg, run_dir)
+        # The guard before the claim: the sweep signals the jobs that hold a claim, from the first moment.
+        with folder.SignalGuard() as guard, claim:
+            if multirun and sweep.stop_requested(hydra_cfg.sweep.dir) is not None:
+                log.warning("not started: the sweep was stopped by a signal (%s)", run_dir)
+                return None
+            return run_job(cfg, hydra_cfg, run_dir, guard)
     except folder.RunClaimed as taken:
         if multirun:
             log.warning("skipping: %s", taken)
@@ -344,50 +357,49 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"\nerror: {taken}", file=sys.stderr)
         sys.exit(1)
     except folder.RunInterrupted as stopped:
+        if worker:  # the launching process waits for every job, then reports the sweep
+            return None
         # A sweep stops too, reporting now (no on_multirun_end), after the claim is released (not "running").
         if multirun:
             sweep.report_stopped_sweep(hydra_cfg)
         sys.exit(folder.exit_status(stopped.signum))
 
 
-def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path) -> float | None:
+def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, guard: folder.SignalGuard) -> float | None:
     """One run in a folder this process holds: skip it when done, else check, prepare, train, record."""
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    with folder.SignalGuard() as guard:
-        try:
-            if cfg.tune.lr_find:  # preflight (check_config) refuses anything but true or false
-                # The LR range test trains nothing and writes no results.json: it never skips a folder.
-                preflight(cfg, run_dir)
-                print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
-                return None
-            done = prepare_folder(cfg, run_dir) if is_first_process() else None
-            if done is not None:
-                log.info(
-                    "skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE
-                )
-                return done.get("best_val")
-            sweep.clear_failure(run_dir)
-            problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
-            if problem:
-                raise ValueError(problem)
-            results = train(cfg, run_dir)
-        except BaseException as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
-            if guard.received is not None:  # RunInterrupted, or Lightning's SIGTERMException
-                raise record_signal(run_dir, guard.received) from None
-            if not isinstance(error, Exception):
-                raise
-            sweep.record_failure(run_dir, error)
-            if multirun:
-                log.error(
-                    "run failed (%s: %s); traceback in %s", type(error).__name__, error, run_dir / "error.txt"
-                )
-                return None
-            if is_user_error(error):
-                removed = discard_unprepared(run_dir, hydra_cfg)
-                where = "" if removed else f"\n(traceback in {run_dir / ERROR_FILE})"
-                print(f"\nerror: {error}{where}", file=sys.stderr)
-                sys.exit(1)
+    try:
+        if cfg.tune.lr_find:  # preflight (check_config) refuses anything but true or false
+            # The LR range test trains nothing and writes no results.json: it never skips a folder.
+            preflight(cfg, run_dir)
+            print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
+            return None
+        done = prepare_folder(cfg, run_dir) if is_first_process() else None
+        if done is not None:
+            log.info(
+                "skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE
+            )
+            return done.get("best_val")
+        sweep.clear_failure(run_dir)
+        problem = sweep.ddp_problem(cfg.trainer.strategy, cfg.trainer.devices, multirun)
+        if problem:
+            raise ValueError(problem)
+        results = train(cfg, run_dir)
+    except BaseException as error:  # noqa: BLE001 - every failure is recorded; a sweep goes on
+        if guard.received is not None:  # RunInterrupted, or Lightning's SIGTERMException
+            raise record_signal(run_dir, guard.received) from None
+        if not isinstance(error, Exception):
             raise
+        recorded = sweep.record_failure(run_dir, error)  # None when it cannot be written (disk full)
+        where = f"traceback in {recorded}" if recorded else "no traceback file"
+        if multirun:
+            log.error("run failed (%s: %s); %s", type(error).__name__, error, where)
+            return None
+        if is_user_error(error):
+            removed = discard_unprepared(run_dir, hydra_cfg)  # a refused command leaves no folder behind
+            print(f"\nerror: {error}" + ("" if removed else f"\n({where})"), file=sys.stderr)
+            sys.exit(1)
+        raise
     if results:
         print("\n" + summary_line(results))
     if guard.received is not None:  # the signal came as the run was finishing: it finished; still stop

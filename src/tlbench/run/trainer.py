@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tlbench.models.recipes import early_stopping, ema_callback
 from tlbench.run import folder
+from tlbench.run.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from tlbench.run.cost import RunCost
 from tlbench.run.progress import EpochLog, show_progress_bar
 
@@ -120,32 +121,37 @@ class CheckpointOnInterrupt(OnExceptionCheckpoint):
         pass
 
 
-def resumed_step(cfg: DictConfig, run_dir: Path) -> int | None:
-    """The global step train() resumes from (its last.ckpt), or None for a fresh start."""
-    last = run_dir / folder.CHECKPOINT_DIR / "last.ckpt"
-    if cfg.trainer.fast_dev_run or not last.exists():
-        return None
-    position = folder.checkpoint_position(last)
+def resumed_step(resume: Path | None) -> int | None:
+    """The global step train() resumes from (the checkpoint it continues), or None for a fresh start."""
+    position = folder.checkpoint_position(resume) if resume is not None else None
     return position[1] if position else None
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, cost: RunCost) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, cost: RunCost, resume: Path | None = None
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The run's Trainer and its best-checkpoint callback; `resume`: the checkpoint fit continues from."""
     monitor, patience = cfg.trainer.monitor, cfg.trainer.get("early_stopping_patience")
     mode = "min" if monitor.endswith("loss") else "max"
     options = trainer_options(cfg)
-    logger = build_logger(cfg.logger.name, run_dir, resumed_step(cfg, run_dir))
-    checkpoint = ModelCheckpoint(
+    logger = build_logger(cfg.logger.name, run_dir, resumed_step(resume))
+    # RunCheckpoint: ModelCheckpoint whose stored paths follow a copied or moved run folder (checkpoints.py).
+    checkpoint = RunCheckpoint(
         run_dir / "checkpoints", "best", monitor, mode=mode, auto_insert_metric_name=False
     )
     # Its own callback: save_last=True writes last.ckpt only when the best improves (a resume would repeat).
-    latest = ModelCheckpoint(run_dir / "checkpoints", "last", monitor=None, enable_version_counter=False)
+    latest = RunCheckpoint(run_dir / "checkpoints", "last", monitor=None, enable_version_counter=False)
     recipe = [ema_callback(cfg.optim.get("ema")), early_stopping(monitor, mode, patience)]
     callbacks = [c for c in recipe if c is not None]
     callbacks += [checkpoint, latest, CheckpointOnInterrupt(run_dir / folder.CHECKPOINT_DIR, "last"), cost]
     callbacks.append(EpochLog(monitor, mode))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    trainer = L.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, **options)
+    # Every checkpoint is written beside its target and renamed over it: a failed save keeps the previous one.
+    plugins = [AtomicCheckpointIO()]
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, plugins=plugins, **options
+    )
     return trainer, checkpoint
 
 
