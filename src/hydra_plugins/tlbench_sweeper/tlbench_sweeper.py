@@ -6,7 +6,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from tlbench.run.rounds import RoundSweeper
+from tlbench.run.modes import TlbenchSweeper as ModeSweeper
 
 
 @dataclass
@@ -35,7 +35,7 @@ class TlbenchSweeperConf:
     race: RaceConf = field(default_factory=RaceConf)
 
 
-class TlbenchSweeper(RoundSweeper):
+class TlbenchSweeper(ModeSweeper):
     """Hydra's grid, launched in rounds through the configured launcher (tlbench.run.rounds)."""
 
 

@@ -17,6 +17,9 @@ from tlbench.results.files import (
 )
 
 ALL = "all"  # the data size of a run on every training image (data.per_class unset)
+# A folder holding this file holds sweep=fair's tuning runs (analysis/tuning.py): chosen on validation, they
+# stay out of the report of any folder above it (the verdict is the compared runs' alone).
+TUNING_PLAN = "tuning.json"
 
 
 @dataclass
@@ -98,6 +101,8 @@ def find_runs(root: str | Path) -> Found:
     found = Found(root)
     folders = {p.parent for name in (RESULTS_FILE, ERROR_FILE, INTERRUPTED_FILE) for p in root.rglob(name)}
     folders |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    tuning = [p.parent for p in root.rglob(TUNING_PLAN) if p.parent != root]
+    folders = {f for f in folders if not any(t in f.parents for t in tuning)}
     for folder in sorted(folders):
         results, why = read_results_or_reason(folder)
         holder = claim_holder(folder)

@@ -99,13 +99,16 @@ def distinct_name(job: Sequence[str], keys: list[str], taken: dict[str, frozense
     return safe(f"{short_name(job, keys)},cfg={digest}")
 
 
-def assign(parent: Path, jobs: Sequence[Sequence[str]], excluded: Collection[str]) -> list[Path]:
-    """A folder in `parent` for each job: the one that already ran its override set, else a new short name
-    that no other setting holds (two different settings never share a folder)."""
+def assign(
+    parent: Path, jobs: Sequence[Sequence[str]], excluded: Collection[str], keys: Sequence[str] | None = None
+) -> list[Path]:
+    """A folder in `parent` for each job: the one that already ran its override set, else a new name from
+    `keys` (default: what varies between the jobs) that no other setting holds (two settings never share a
+    folder)."""
     existing = existing_jobs(parent, excluded)
     taken: dict[str, frozenset[str] | None] = {p.name: None for p in parent.glob("*") if p.is_dir()}
     taken |= {folder.name: ident for ident, folder in existing.items()}
-    keys = varying_keys(jobs, excluded)
+    keys = list(keys) if keys is not None else varying_keys(jobs, excluded)
     folders = []
     for job in jobs:
         ident = identity(job, excluded)

@@ -7,6 +7,7 @@ killed sweep continues where it stopped. No round starts after one a signal inte
     hydra.sweeper.mode=grid   one round: the grid, as Hydra's BasicSweeper runs it
     hydra.sweeper.mode=fair   tune each strategy on validation, then compare at the chosen values (fair.py)
     hydra.sweeper.mode=race   seeds only where the verdict is undecided and more seeds could decide (race.py)
+modes.py picks the mode; this module launches rounds and names nothing by mode.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class RoundSweeper(Sweeper):
         """Keys that cannot change a result (train.yaml's override_dirname.exclude_keys)."""
         return list(self.config.hydra.job.config.override_dirname.exclude_keys)
 
+    flatten = staticmethod(flatten)
+
     def parser(self) -> OverridesParser:
         return OverridesParser.create(config_loader=self.hydra_context.config_loader)
 
@@ -125,22 +128,19 @@ class RoundSweeper(Sweeper):
         axes = axes_of([f"{k}={v}" for k, v in self.params.items()] + list(arguments), self.parser())
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # the constant settings, as Hydra's
-        if self.mode == "fair":
-            from tlbench.run import fair
+        return self.run_rounds(axes)
 
-            return fair.run(self, axes)
-        if self.mode == "race":
-            from tlbench.run import race
-
-            return race.run(self, axes)
+    def run_rounds(self, axes: list[Axis]) -> list[Any]:
+        """The grid in one round; modes.TlbenchSweeper adds the modes that decide between rounds."""
         return [self.launch("grid", self.sweep_dir, grid(axes))[1]]
 
     def launch(
-        self, round_name: str, parent: Path, jobs: Sequence[Job]
+        self, round_name: str, parent: Path, jobs: Sequence[Job], name_keys: Sequence[str] | None = None
     ) -> tuple[list[Path], list[JobReturn]]:
-        """One round: each job in its folder below `parent`, through the launcher, in batches of
-        max_batch_size. Returns the folders (job order) and Hydra's job returns."""
-        folders = jobdirs.assign(parent, jobs, self.excluded)
+        """One round: each job in its folder below `parent` (named by `name_keys`, else by what varies in
+        the round), through the launcher, in batches of max_batch_size. Returns the folders (job order) and
+        Hydra's job returns."""
+        folders = jobdirs.assign(parent, jobs, self.excluded, name_keys)
         jobdirs.write_plan(self.sweep_dir, round_name, folders, jobs)
         batch = [
             [*job, jobdirs.subdir_override(self.sweep_dir, f)] for job, f in zip(jobs, folders, strict=True)
