@@ -110,6 +110,9 @@ def test_tuning_runs_stay_out_of_the_sweeps_verdict(tmp_path: Path):
     tuning.write_plan(tmp_path, "val/acc", [cell])
     assert [r.path.name for r in collect.find_runs(tmp_path).runs] == ["strategy=full,seed=0"]
     assert len(collect.find_runs(tmp_path / tuning.TUNE_DIR).runs) == 2  # reported when asked for
+    (tmp_path / "tune" / "s9").mkdir()
+    (tmp_path / "tune" / "s9" / "error.txt").write_text("Traceback ...\nValueError: diverged\n")
+    assert [p.path.name for p in collect.find_runs(tmp_path).failed] == ["s9"]  # what went wrong is listed
 
 
 # --- whole sweeps: the real sweeper, a stand-in launcher -----------------------------------------------
