@@ -1,7 +1,8 @@
-"""tlbench's sweeper in rounds (run/rounds.py, fair.py, race.py; analysis/tuning.py, racing.py), fast: Hydra's
-real multirun with tlbench's config, sweeper and basic launcher, but a stand-in task that writes the
-results.json a run would (its accuracy a known function of its settings) instead of training. Real
-training through the same sweeper: test_sweep.py (grid) and the slow tests at the end (fair, interrupted)."""
+"""tlbench's sweeper in rounds (run/rounds.py, fair.py, race.py; analysis/tuning.py, racing.py), fast: the
+racing rule and the tuning choice table by table, then whole sweeps of the real sweeper with a stand-in
+launcher that writes, for each job, the results.json a run would (its accuracy a known function of its
+settings) instead of training. The sweeper through Hydra with real training: test_sweep.py (grid) and
+test_fair_sweep.py (fair: SIGTERM in either round, joblib)."""
 
 from __future__ import annotations
 
