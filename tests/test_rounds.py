@@ -305,3 +305,13 @@ def test_racing_compares_with_a_fixed_grid(tmp_path: Path):
         "| all | 10 | 18 | decided: full is separated from every other | full wins | full wins: the same |"
         in section
     )
+
+
+def test_the_report_says_when_racing_reached_another_verdict_than_the_fixed_grid(tmp_path: Path):
+    grid = fake_sweeper(tmp_path / "grid", "grid", {**RACE, "seed": "0,1,2,3,4,5"})
+    grid.sweep([])  # six seeds: full wins
+    race = {"initial_seeds": 2, "max_seeds": 4, "step": 1, "compare_to": str(grid.sweep_dir)}
+    racer = fake_sweeper(tmp_path, "race", RACE, race=race)
+    racer.sweep([])  # stopped after two seeds: full and partial cannot be told apart
+    section = "\n".join(racing.section(racer.sweep_dir))
+    assert "| full, partial cannot be told apart | full wins: **differs** |" in section

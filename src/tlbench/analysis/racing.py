@@ -149,7 +149,9 @@ def section(sweep_dir: Path) -> list[str]:
                 "" if compare_to else " (hydra.sweeper.race.compare_to)"
             )
         else:
-            compared = f"{answer(other)}: {'the same' if same_verdict(decision, other) else '**differs**'}"
+            compared = (
+                f"{md(answer(other))}: {'the same' if same_verdict(decision, other) else '**differs**'}"
+            )
         rows.append(
             [
                 md(group["name"]),
@@ -157,7 +159,7 @@ def section(sweep_dir: Path) -> list[str]:
                 str(len(decision.ranking) * max_seeds),
                 md(f"{step.action}: {step.reason}"),
             ]
-            + [md(answer(decision)), md(compared)]
+            + [md(answer(decision)), compared]
         )
     lines += [*table(header, rows), ""]
     if compare_to:
