@@ -227,3 +227,26 @@ def test_joblib_jobs_run_side_by_side_one_gpu_each(workdir: Path):
     logs = "\n".join((run / "train.log").read_text() for run in runs)
     pinned = {line.split("] - ")[1] for line in logs.splitlines() if "runs on GPU" in line}
     assert sorted(line.split()[-1] for line in pinned) == ["0", "1"]  # two workers, one GPU each
+
+
+def test_job_folders_name_what_varies_and_an_extended_sweep_skips_what_is_done(workdir: Path, multirun):
+    absolute = f"data.root={workdir / 'images'}"  # the path a user types: never spelled into folder names
+    sweep_dir = workdir / "sweep"
+
+    first = multirun(absolute, "strategy=freeze", "seed=0,1")
+    assert first.returncode == 0, output(first)[-3000:]
+    assert [d.name for d in run_dirs(sweep_dir)] == ["seed=0", "seed=1"]
+    multirun_yaml = (sweep_dir / "multirun.yaml").read_text()
+    assert absolute in multirun_yaml  # the constant settings live in the sweep folder's config
+    finished = results_mtimes(sweep_dir)
+
+    more = multirun(absolute, "strategy=freeze,partial", "seed=0,1,2")  # another seed and another strategy
+    assert more.returncode == 0, output(more)[-3000:]
+    assert output(more).count("skipping: ") == 2
+    assert {k: v for k, v in results_mtimes(sweep_dir).items() if k in finished} == finished
+    assert [d.name for d in run_dirs(sweep_dir)] == [
+        "seed=0", "seed=1", "strategy=freeze,seed=2", "strategy=partial,seed=0", "strategy=partial,seed=1",
+        "strategy=partial,seed=2",
+    ]  # fmt: skip
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert [(g["strategy"], g["n"]) for g in summary["groups"]] == [("freeze", 3), ("partial", 3)]

@@ -217,3 +217,32 @@ def test_only_rank_zero_reports_under_torchrun(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     sweep.ReportOnMultirunEnd().on_multirun_end(config)
     assert (tmp_path / "summary.md").exists()
+
+
+def test_tlbench_sweeper_is_the_default_except_where_a_preset_or_the_command_line_picks_another():
+    sweepers = {
+        (): "TlbenchSweeper",
+        ("sweep=strategies",): "TlbenchSweeper",
+        ("sweep=strategies", "hydra/sweeper=basic"): "BasicSweeper",
+        ("sweep=lr_optuna",): "optuna",  # its own sweeper (or the stand-in naming what to install)
+    }
+    for overrides, target in sweepers.items():
+        assert target in compose_with_hydra(*overrides).hydra.sweeper._target_, overrides
+
+
+def test_the_grid_is_hydras_basic_grid():
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tlbench.run import rounds
+
+    arguments = [
+        "strategy=freeze,full",
+        "seed=range(0,3)",
+        "data.per_class=8",
+        "strategy=partial,full,freeze",
+    ]
+    parser = OverridesParser.create()
+    expected = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
+    assert rounds.grid(rounds.axes_of(arguments, parser)) == expected
+    assert len(expected) == 9  # the later list of strategies replaced the earlier one

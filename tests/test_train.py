@@ -164,3 +164,6 @@ def test_configs_ship_in_the_wheel(tmp_path):
     shipped = {n.removeprefix("tlbench/conf/") for n in names if n.endswith(".yaml")}
     repo_conf = Path(__file__).resolve().parents[1] / "conf"
     assert shipped == {str(p.relative_to(repo_conf)) for p in repo_conf.rglob("*.yaml")}
+    # Hydra finds tlbench's sweeper (hydra/sweeper=tlbench) in the hydra_plugins namespace, never its __init__
+    assert "hydra_plugins/tlbench_sweeper/tlbench_sweeper.py" in names
+    assert "hydra_plugins/__init__.py" not in names

@@ -17,6 +17,9 @@ from tlbench.results.files import (
 )
 
 ALL = "all"  # the data size of a run on every training image (data.per_class unset)
+# A folder holding this file holds sweep=fair's tuning runs (analysis/tuning.py): their results stay out of
+# the report of any folder above it (the verdict is the compared runs' alone); their failures are listed.
+TUNING_PLAN = "tuning.json"
 
 
 @dataclass
@@ -98,13 +101,15 @@ def find_runs(root: str | Path) -> Found:
     found = Found(root)
     folders = {p.parent for name in (RESULTS_FILE, ERROR_FILE, INTERRUPTED_FILE) for p in root.rglob(name)}
     folders |= {p.parent for p in root.rglob(".hydra") if p.is_dir()}
+    tuning = [p.parent for p in root.rglob(TUNING_PLAN) if p.parent != root]
     for folder in sorted(folders):
         results, why = read_results_or_reason(folder)
         holder = claim_holder(folder)
         if holder is not None:  # first: a forced re-run in progress is running, whatever the folder holds
             found.running.append(Problem(folder, "running", f"running: {holder}"))
         elif results is not None:
-            found.runs.append(Run(folder, results))
+            if not any(t in folder.parents for t in tuning):  # a tuning run counts only where it went wrong
+                found.runs.append(Run(folder, results))
         elif (folder / INTERRUPTED_FILE).exists():
             text = (folder / INTERRUPTED_FILE).read_text(errors="replace")
             found.interrupted.append(Problem(folder, "interrupted", last_line(text)))

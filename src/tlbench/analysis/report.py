@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tlbench.analysis import caveats, plots, transfer_check, verdict
+from tlbench.analysis import caveats, plots, racing, transfer_check, tuning, verdict
 from tlbench.analysis.collect import Found, Problem, count_line, counts, find_runs
 from tlbench.analysis.markdown import code, md, table
 from tlbench.analysis.summary import (
@@ -204,6 +204,7 @@ def render_summary_md(found: Found, analysis: Analysis) -> str:
             "",
         ]
     lines += transfer_check.render_section(found)  # rank.json below the folder: scores against accuracy
+    lines += tuning.section(found.root) + racing.section(found.root)  # sweep=fair / sweep=race, if either ran
     duplicates = [g for g in analysis.groups if len(set(map(str, g.seeds))) < len(g.seeds)]
     if duplicates:
         lines += ["Settings that ran a seed more than once (each run counts in n):"]
@@ -336,6 +337,7 @@ def write_report(found: Found, out_dir: str | Path, analysis: Analysis | None = 
     if analysis.pareto:
         plots.plot_pareto(analysis.pareto, out_dir / "pareto.png")
     plots.plot_reliability(analysis, out_dir)
+    tuning.plot(found.root, out_dir)
     return summary
 
 

@@ -145,6 +145,7 @@ class StrategyConfig:
     bn: str = rule(choices=BN_POLICIES)
     head_lr: float = rule(gt=0.0)
     backbone_lr: float = rule(gt=0.0)
+    lr_scale: float = rule(gt=0.0)  # × head_lr and backbone_lr (sweep=fair tunes it)
     layer_decay: float | None = rule(gt=0.0, le=1.0, null="off")
     unfreeze_every: int | None = rule(ge=1, null="not gradual")
     lp_epochs: int | None = rule(ge=0, null="not lpft")

@@ -99,8 +99,12 @@ class Strategy:
         start = schedule["start"]
         if not isinstance(start, int) and start != "all":  # one stage name, or a list of them
             schedule["start"] = (start,) if isinstance(start, str) else tuple(start)
-        keys = ("name", "head_lr", "backbone_lr", "layer_decay", "bn", "train_input_conv", "cache_features")
-        return cls(**{key: settings[key] for key in keys}, **schedule)
+        keys = ("name", "layer_decay", "bn", "train_input_conv", "cache_features")
+        # lr_scale multiplies all of a strategy's rates: one tuning value that means the same for every
+        # strategy (sweep=fair); 1 in every conf/strategy/*.yaml.
+        scale = settings.get("lr_scale", 1.0)
+        rates = {"head_lr": settings["head_lr"] * scale, "backbone_lr": settings["backbone_lr"] * scale}
+        return cls(**{key: settings[key] for key in keys}, **rates, **schedule)
 
     @property
     def scheduled(self) -> bool:

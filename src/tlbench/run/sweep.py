@@ -24,7 +24,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tlbench.results.files import ERROR_FILE, INTERRUPTED_FILE, write_atomic
+from tlbench.results.files import ERROR_FILE, INTERRUPTED_FILE, RESULTS_FILE, write_atomic
+from tlbench.run import jobdirs
 from tlbench.run.folder import RUN_CONFIG_FILE, exit_status, try_lock
 from tlbench.run.stopping import StopSweepOnSignal, is_sweep_process, stop_requested
 
@@ -219,15 +220,30 @@ def write_sweep_report(sweep_dir: Path, not_started: Sequence[Path] = ()) -> rep
     return found
 
 
+def round_interrupted(job_dirs: Sequence[Path]) -> bool:
+    """Whether a signal stopped a job of this round (its interrupted.txt, newer than any results.json): the
+    tlbench sweeper (rounds.py) starts no further round after one, nor after a signal to this process."""
+    if stop_requested() is not None:
+        return True
+    for job_dir in map(Path, job_dirs):
+        stopped, done = job_dir / INTERRUPTED_FILE, job_dir / RESULTS_FILE
+        if stopped.exists() and (not done.exists() or stopped.stat().st_mtime >= done.stat().st_mtime):
+            return True
+    return False
+
+
 def planned_job_dirs(hydra_cfg: DictConfig) -> list[Path]:
-    """A basic sweep's job folders, from multirun.yaml as BasicSweeper names them (else empty: Optuna)."""
+    """The job folders of the round being run: planned_jobs.json of the tlbench sweeper, else those of a
+    basic sweep from multirun.yaml as BasicSweeper names them (else empty: Optuna)."""
+    if not str(hydra_cfg.sweeper._target_).endswith("BasicSweeper"):
+        return jobdirs.read_plan(Path(hydra_cfg.sweep.dir)) or []
     from hydra._internal.config_loader_impl import get_overrides_dirname
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweep_dir = Path(hydra_cfg.sweep.dir)
     saved_path = sweep_dir / "multirun.yaml"
-    if not saved_path.exists() or not str(hydra_cfg.sweeper._target_).endswith("BasicSweeper"):
+    if not saved_path.exists():
         return []
     saved = OmegaConf.to_container(OmegaConf.load(saved_path).hydra, resolve=False)
     if "tlbench.dirname" not in str(saved["sweep"]["subdir"]):
@@ -294,6 +310,12 @@ def register_with_hydra() -> None:
         OmegaConf.register_new_resolver("tlbench.dirname", job_dirname)
     if not OmegaConf.has_resolver("tlbench.gpu_count"):
         OmegaConf.register_new_resolver("tlbench.gpu_count", lambda: max(1, gpu_count()))
+    # Hydra finds plugins by listing the hydra_plugins folders, which an editable install (pip install -e)
+    # hides behind its import hook: register tlbench's sweeper (and its config) by name as well.
+    from hydra.core.plugins import Plugins
+
+    plugin = importlib.import_module("hydra_plugins.tlbench_sweeper.tlbench_sweeper")
+    Plugins.instance().register(plugin.TlbenchSweeper)
     for group, option, module, extra in missing_plugins():
         hint = f"{NOT_INSTALLED}{module.split('.')[-1]}__pip_install_tlbench[{extra}]"
         ConfigStore.instance().store(group=group, name=option, node={"_target_": hint}, provider="tlbench")
