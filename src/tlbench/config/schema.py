@@ -182,6 +182,9 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     max_epochs: int = rule(ge=1)
+    # A length in optimizer steps instead (run/budget.py): max_epochs is then computed per run.
+    budget_steps: int | None = rule(ge=1, null="off: train trainer.max_epochs")
+    budget_min_epochs: int = rule(ge=1)
     accelerator: str = rule(choices=ACCELERATORS)
     devices: int | str | tuple[int, ...] = rule(
         check=lambda v: v == "auto" or isinstance(v, tuple) or (is_whole(v) and v >= 1),

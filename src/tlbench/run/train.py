@@ -33,6 +33,7 @@ from tlbench.models.steps import resolve_cuda_graph
 from tlbench.results.files import RESULTS_FILE, read_results, versions, write_json_atomic
 from tlbench.results.predictions import write_predictions
 from tlbench.run import folder, sweep, tune
+from tlbench.run.budget import apply_budget
 from tlbench.run.checks import check_against_data, check_config
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
@@ -102,6 +103,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     sizes, pipeline = datamodule.split_sizes(), datamodule.pipeline.name
     log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
 
+    cfg = apply_budget(cfg, run.trainer, sizes["train"], run.data.batch_size)  # trainer.budget_steps
     module = build_module(run, datamodule)
     counts = module.parameter_counts()
     names = f"{cfg.backbone.name} / {cfg.strategy.name}"
@@ -132,6 +134,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     stopping = trainer.early_stopping_callback
     trained = {
         "epochs_trained": trainer.current_epoch,
+        "optimizer_steps": trainer.global_step,
         "stopped_early": bool(stopping and stopping.stopped_epoch),
     }
 
