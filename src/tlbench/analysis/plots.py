@@ -11,6 +11,7 @@ from tlbench.analysis.summary import (
     COSTS,
     METRICS,
     MORE_IS_BETTER,
+    PARAMETER_COUNTS,
     RANK_BY,
     Analysis,
     Group,
@@ -145,7 +146,7 @@ def plot_pareto(pareto: list[tuple[Group, list[str]]], path: Path, metric: str =
                 costs = np.array([g.stats[key].mean for g, _ in known])
                 xs, ys = frontier(costs, np.array([g.stats[metric].mean for g, _ in known]), more_is_better)
                 ax.plot(xs, ys, linestyle="--", color="grey", alpha=0.6, zorder=0)
-            if key == "trainable_params":
+            if key in PARAMETER_COUNTS:
                 ax.set_xscale("log")
             ax.set_xlabel(label + (" (more is better)" if more_is_better else " (less is better)"))
             ax.set_ylabel(METRICS[metric])
