@@ -127,15 +127,20 @@ def test_training_changes_only_the_selected_parameters(strategy, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- LoRA
-@pytest.mark.parametrize("name", [TINY, "resnet18", "timm/test_vit"])
+@pytest.mark.parametrize(
+    "name",
+    [TINY, "resnet18", "timm/test_vit"]
+    # torch's MultiheadAttention (out_proj left alone); timm's Conv2dSame ('same' padding) and depthwise convs
+    + [pytest.param(name, marks=pytest.mark.slow) for name in ("vit_b_16", "efficientnet_lite0")],
+)
 def test_lora_trains_adapters_and_head_and_merges_into_the_plain_network(name, tmp_path):
     m = build("lora", name, lora_rank=4, lora_alpha=8, lora_targets=["conv", "linear"])
     assert trainable(m) == {n for n, _ in m.net.named_parameters() if "lora_" in n} | {
         "head.weight",
         "head.bias",
     }
-    size = 32
-    with torch.no_grad():  # B starts at 0: the adapted network is the pretrained one
+    size = 224 if name == "vit_b_16" else 32  # torchvision's ViT takes its own size only
+    with torch.no_grad():  # B starts at 0, which would leave nothing to merge
         for n, p in m.net.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
