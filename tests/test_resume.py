@@ -136,8 +136,26 @@ def assert_same_run(whole: Path, resumed: Path) -> None:
         # Killed in the first fine-tuning epoch, after the last linear-probe epoch's checkpoint.
         (["strategy=lpft", "strategy.lp_epochs=2"], 1),
         (["strategy=gradual", "strategy.unfreeze_every=2", "data.pipeline=memory"], 2),
+        # Part of every stage trains: the optimizer holds only the selected parameters.
+        (["strategy=bitfit"], 1),
+        (["strategy=norm"], 1),
+        # peft's adapters (A, B) and their optimizer state come back exactly; the base stays frozen.
+        (["strategy=lora"], 1),
+        (["strategy=surgical", "strategy.train_stages=stage2"], 1),
+        # w0 is rebuilt (not stored): the penalty after the resume must pull towards the same weights.
+        (["strategy=l2sp"], 2),
     ],
-    ids=["full", "gradual-every-2", "lpft-across-the-switch", "gradual-memory"],
+    ids=[
+        "full",
+        "gradual-every-2",
+        "lpft-across-the-switch",
+        "gradual-memory",
+        "bitfit",
+        "norm",
+        "lora",
+        "surgical",
+        "l2sp",
+    ],  # fmt: skip
 )
 def test_a_killed_run_resumed_ends_as_the_uninterrupted_run(tmp_path, overrides, after_epoch):
     root = make_image_folder(tmp_path / "images", per_split={"train": 16, "val": 4, "test": 4})

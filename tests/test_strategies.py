@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from tlbench.models.optimizers import build_scheduler, parameter_groups
@@ -83,7 +84,7 @@ def test_an_adapted_input_conv_can_train_in_a_frozen_stem():
 @pytest.mark.parametrize(
     ("strategy", "train_stages", "message"),
     [
-        ("finetune", None, "choose one of: freeze, partial, gradual, lpft, full"),
+        ("finetune", None, "choose one of: freeze, bitfit, norm, lora, surgical, partial, gradual, lpft, "),
         ("partial", ["layer4"], "stem, layer1, layer2, layer10"),
         ("partial", 9, "0..4"),
     ],
@@ -107,14 +108,24 @@ def test_settings_a_strategy_lacks_come_from_its_yaml_and_unknown_ones_are_named
 
 def test_every_row_runs_with_only_its_required_keys_set():
     """What the config schema reads: a strategy needs its `required_keys` and no other optional key."""
-    assert {n: r.required_keys for n, r in STRATEGIES.items() if r.required_keys} == {
-        "gradual": ("unfreeze_every",),
-        "lpft": ("lp_epochs",),
+    assert {n: list(r.required_keys) for n, r in STRATEGIES.items() if r.required_keys} == {
+        "lora": ["lora_rank", "lora_alpha", "lora_dropout", "lora_targets"],
+        "surgical": ["train_stages"],
+        "gradual": ["unfreeze_every"],
+        "lpft": ["lp_epochs"],
+        "l2sp": ["l2sp_alpha", "l2sp_beta"],
     }
-    nulls = {"train_stages": None, "unfreeze_every": None, "lp_epochs": None}
+    optional = ["train_stages", "unfreeze_every", "lp_epochs", *STRATEGIES["lora"].required_keys]
+    nulls = dict.fromkeys([*optional, "l2sp_alpha", "l2sp_beta"])
     for name, rule in STRATEGIES.items():
-        strategy = Strategy.from_config({"name": name, **nulls, **{key: 1 for key in rule.required_keys}})
+        # Each key's example value, as the error for a null one suggests it.
+        examples = {key: yaml.safe_load(example) for key, example in rule.required_keys.items()}
+        examples |= {"train_stages": "layer1"} if "train_stages" in examples else {}  # ToyNet's names
+        strategy = Strategy.from_config({"name": name, **nulls, **examples})
         assert [strategy.stages_at(BACKBONE, epoch)[-1] for epoch in range(3)] == ["head"] * 3
+        for key in rule.required_keys:
+            with pytest.raises(StrategyError, match=rf"strategy={name} needs strategy.{key}, got null: e.g."):
+                Strategy.from_config({"name": name, **examples, key: None})
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():

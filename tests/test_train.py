@@ -31,7 +31,9 @@ def generated(tmp_path) -> Path:
 
 
 def test_every_group_has_its_expected_options():
-    assert options("strategy") == ["freeze", "full", "gradual", "lpft", "partial"]
+    assert options("strategy") == sorted(
+        ["freeze", "bitfit", "norm", "lora", "surgical", "partial", "gradual", "lpft", "full", "l2sp"]
+    )
     assert {
         "resnet18",
         "resnet50",
@@ -77,7 +79,8 @@ def test_every_strategy_runs_fast_dev_run(strategy, data_in_chans, generated, tm
     assert results["status"] == "complete" and 0.0 <= results["metrics"]["test/acc"] <= 1.0
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["params"]["strategy"] == strategy and saved["config"]["data"]["in_chans"] == data_in_chans
-    assert saved["trainable_params"] < saved["total_params"] or strategy == "full"
+    assert saved["trainable_params"] < saved["total_params"] or strategy in ("full", "l2sp")
+    assert saved["trainable_params"] <= saved["stored_params_per_task"] and saved["optimizer_steps"] == 1
 
 
 def test_cli_run_writes_results_then_skips_when_run_again(generated, tmp_path, cli):

@@ -13,6 +13,7 @@ from tlbench.analysis.summary import (
     COSTS,
     METRICS,
     MORE_IS_BETTER,
+    PARAMETER_COUNTS,
     RANK_BY,
     Analysis,
     Group,
@@ -162,7 +163,7 @@ def pareto_figure(pareto: list[tuple[Group, list[str]]], metric: str = RANK_BY) 
                 if len(xs) > 1:  # a frontier of one point is no line
                     ax.plot(xs, ys, linestyle="--", color="grey", alpha=0.6, zorder=0)
                     frontier_drawn = True
-            if key == "trainable_params":
+            if key in PARAMETER_COUNTS:
                 ax.set_xscale("log")
             ax.set_xlabel(label + (" (more is better)" if more_is_better else " (less is better)"))
             ax.set_ylabel(METRICS[metric])

@@ -305,7 +305,8 @@ def results_csv(found: Found) -> str:
     first = ["data", "backbone", "strategy", "per_class", "seed"]
     params = sorted({k for r in found.runs for k in r.params} - set(first))
     metrics = sorted({k for r in found.runs for k in r.results.get("metrics", {})})
-    costs = ["wall_time_s", "train_images_per_s", "trainable_params", "total_params", "peak_memory_mb"]
+    costs = ["wall_time_s", "train_images_per_s", "trainable_params", "stored_params_per_task"]
+    costs += ["total_params", "peak_memory_mb", "epochs_trained", "optimizer_steps"]
     costs += ["peak_memory_kind", "device", "precision", "pipeline", "cuda_graph", "cuda_graph_error"]
     text = io.StringIO()
     fields = ["run_dir", "status", *first, *params, *metrics, *costs, "overrides", "error"]

@@ -26,8 +26,11 @@ COSTS = {
     "wall_time_s": "wall time (s)",
     "train_images_per_s": "train img/s",
     "trainable_params": "trainable params",
+    # What a task keeps beside the shared pretrained network (PEFT's storage cost; models/stages.py).
+    "stored_params_per_task": "stored per task",
     "peak_memory_mb": "peak mem (MB)",
 }
+PARAMETER_COUNTS = ("trainable_params", "stored_params_per_task")  # whole numbers, spanning decades
 RANK_BY = "test/acc"
 MORE_IS_BETTER = {RANK_BY, "train_images_per_s"}  # the other costs are better the smaller
 # Least to most of the backbone trained; unknown strategies follow in alphabetical order.
@@ -124,7 +127,7 @@ def summarize(runs: list[Run]) -> list[Group]:
 def decimals(key: str, value: float) -> int:
     if key in METRICS:
         return 4
-    return 1 if abs(value) < 100 and key != "trainable_params" else 0
+    return 1 if abs(value) < 100 and key not in PARAMETER_COUNTS else 0
 
 
 def fmt_mean(value: float | None, key: str) -> str:
@@ -135,7 +138,7 @@ def fmt_stat(stat: Stat, key: str) -> str:
     """`mean ± std`, both at the mean's precision; `mean ± –` for a single run."""
     if stat.mean is None:
         return "–"
-    if key == "trainable_params" and not stat.std:
+    if key in PARAMETER_COUNTS and not stat.std:
         return fmt_mean(stat.mean, key)  # a property of the setting, the same for every seed
     std = "–" if stat.std is None else f"{stat.std:,.{decimals(key, stat.mean)}f}"
     return f"{fmt_mean(stat.mean, key)} ± {std}"

@@ -22,7 +22,8 @@ AUGMENTS = ("crop_flip", "trivialaugment", "randaugment")
 BALANCE = ("none", "loss", "sampler")  # data.balance: how a training split of unequal classes is shown
 BAD_IMAGE_POLICIES = ("skip", "error")
 IN_CHANS_MODES = ("sum", "mean", "repeat")
-STRATEGIES = ("freeze", "partial", "full", "gradual", "lpft")
+STRATEGIES = ("freeze", "bitfit", "norm", "lora", "surgical", "partial", "gradual", "lpft", "full", "l2sp")
+LORA_TARGETS = ("conv", "linear")  # strategy.lora_targets: the layer types LoRA adapts (models/peft_lora.py)
 BN_POLICIES = ("eval", "train")
 AUTO_OR_BOOL = ("auto", True, False)  # strategy.cache_features, optim.cuda_graph
 OPTIMIZERS = ("adamw", "sgd")
@@ -80,6 +81,11 @@ def is_train_stages(value: Any) -> bool:
     """A count, `all`, or stage names; whether the names exist is checked against the built backbone."""
     names = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
     return isinstance(value, str) or names or (is_whole(value) and value >= 0)
+
+
+def is_lora_targets(value: Any) -> bool:
+    names = value if isinstance(value, tuple) else (value,)
+    return len(names) > 0 and all(name in LORA_TARGETS for name in names)
 
 
 # Lightning's limit_*_batches: null (all), a number of batches, or a fraction of them.
@@ -149,6 +155,15 @@ class StrategyConfig:
     layer_decay: float | None = rule(gt=0.0, le=1.0, null="off")
     unfreeze_every: int | None = rule(ge=1, null="not gradual")
     lp_epochs: int | None = rule(ge=0, null="not lpft")
+    lora_rank: int | None = rule(ge=1, null="not lora")
+    lora_alpha: float | None = rule(gt=0.0, null="not lora")
+    lora_dropout: float | None = rule(ge=0.0, lt=1.0, null="not lora")
+    lora_targets: str | tuple[str, ...] | None = rule(
+        check=is_lora_targets, null="not lora", expect=f"layer types from: {', '.join(LORA_TARGETS)}",
+        example="[conv,linear]",
+    )  # fmt: skip
+    l2sp_alpha: float | None = rule(ge=0.0, null="not l2sp")
+    l2sp_beta: float | None = rule(ge=0.0, null="not l2sp")
     train_input_conv: bool
     cache_features: str | bool = rule(choices=AUTO_OR_BOOL)
 
@@ -172,6 +187,9 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainerConfig:
     max_epochs: int = rule(ge=1)
+    # A length in optimizer steps instead (run/budget.py): max_epochs is then computed per run.
+    budget_steps: int | None = rule(ge=1, null="off: train trainer.max_epochs")
+    budget_min_epochs: int = rule(ge=1)
     accelerator: str = rule(choices=ACCELERATORS)
     devices: int | str | tuple[int, ...] = rule(
         check=lambda v: v == "auto" or isinstance(v, tuple) or (is_whole(v) and v >= 1),

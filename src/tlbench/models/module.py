@@ -26,8 +26,17 @@ from torchmetrics.functional.classification import binary_recall, binary_specifi
 
 from tlbench.models.backbones import Preset, build_backbone
 from tlbench.models.optimizers import build_optimizer, build_scheduler, parameter_groups
+from tlbench.models.peft_lora import LoraAdapters
+from tlbench.models.penalties import L2SPPenalty
 from tlbench.models.recipes import batch_mixing
-from tlbench.models.stages import TrainableStageSchedule, count_parameters, set_batchnorm_modes, set_trainable
+from tlbench.models.selection import selected_parameters
+from tlbench.models.stages import (
+    TrainableStageSchedule,
+    count_parameters,
+    set_batchnorm_modes,
+    set_trainable,
+    stored_per_task,
+)
 from tlbench.models.steps import GraphedForwardBackward, resolve_cuda_graph
 from tlbench.models.strategies import Strategy, backbone_stage_names, with_conf_defaults
 
@@ -149,6 +158,12 @@ class TransferModule(L.LightningModule):
 
         built = build_backbone(num_classes=num_classes, in_chans=in_chans, **backbone)
         self.net, self.stages, self.input_conv = built.net, built.stages, built.input_conv
+        # strategy=lora: peft's adapters go in before anything reads the parameters (peft_lora.py).
+        self.adapters = LoraAdapters(self.net.trunk, self.strategy.lora) if self.strategy.lora else None
+        self.selected = selected_parameters(self.net, self.strategy.parameters)
+        # strategy=l2sp: w0 is the network as built, before any step (penalties.py).
+        l2sp = self.strategy.l2sp
+        self.penalty = L2SPPenalty(self.net, self.stages, l2sp) if l2sp else None
         # The preprocessing the data used (image_size may differ): a reloaded checkpoint predicts alike.
         self.preset = preset_from_dict(preset) if preset else built.preset
         self.trainable_stages: list[str] = []
@@ -201,7 +216,7 @@ class TransferModule(L.LightningModule):
 
     def set_trainable_stages(self, names: list[str]) -> None:
         self.trainable_stages = list(names)
-        set_trainable(self.net, self.stages, self.trainable_stages, self.extra_trainable)
+        set_trainable(self.net, self.stages, self.trainable_stages, self.extra_trainable, self.selected)
         if getattr(self, "graphed", None) is not None:
             self.graphed.reset()  # a captured backward computes the gradients of the old trainable set
         if self.training:
@@ -220,7 +235,15 @@ class TransferModule(L.LightningModule):
 
     def parameter_counts(self) -> dict[str, int]:
         trainable, total = count_parameters(self.net)
-        return {"trainable_params": trainable, "total_params": total}
+        stored = stored_per_task(self.net, self.strategy.bn)
+        return {"trainable_params": trainable, "total_params": total, "stored_params_per_task": stored}
+
+    def merge_adapters(self) -> None:
+        """For serving: LoRA adapters folded into the weights they adapt, so predict, export and Grad-CAM see
+        the plain network (peft_lora.py). Such a module no longer trains or resumes as its run did."""
+        if self.adapters is not None:
+            self.adapters.merge()
+            self.adapters = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A 2-D batch is the frozen trunk's features (data side, strategy.cache_features): head only.
@@ -262,6 +285,10 @@ class TransferModule(L.LightningModule):
         x = self.prepare_images(images)
         logits = self.graphed(x) if self.graphed is not None else self(x)
         loss = self.training_loss(logits, targets)
+        if self.penalty is not None:
+            penalty = self.penalty(self.net)
+            self.log("train/penalty", penalty, on_step=False, on_epoch=True, batch_size=len(targets))
+            loss = loss + penalty
         # A blended image (mixup / cutmix) counts as the class with the larger share of it.
         self.train_acc(logits, targets.argmax(dim=1) if targets.ndim == 2 else targets)
         # On a GPU a per-step value in the progress bar is a host sync every step: epoch means only there.
@@ -353,8 +380,10 @@ class TransferModule(L.LightningModule):
         rates = self.strategy.stage_rates(backbone_stage_names(self.stages))
         # A schedule of trainable stages needs every stage's group from the start (TrainableStageSchedule).
         include = [n for n, _ in self.stages] if self.strategy.scheduled else self.trainable_stages
+        # L2-SP's penalty replaces weight decay, which would pull the backbone towards 0 instead of w0.
+        decay = o["weight_decay"] if self.penalty is None else 0.0
         groups = parameter_groups(
-            self.net, self.stages, rates, o["weight_decay"], include, self.extra_trainable
+            self.net, self.stages, rates, decay, include, self.extra_trainable, self.selected
         )
         optimizer = build_optimizer(groups, o, fused=self.device.type == "cuda")
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
@@ -375,8 +404,14 @@ class TransferModule(L.LightningModule):
         if self.num_classes == 2:
             hparams["threshold"] = self.threshold
         checkpoint["hyper_parameters"] = hparams
+        if self.penalty is not None:
+            checkpoint["l2sp_w0"] = self.penalty.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # trainer.test(ckpt_path=best) loads weights into this module: the threshold must be best's too.
         if self.num_classes == 2:
             self.threshold = checkpoint.get("hyper_parameters", {}).get("threshold", self.threshold)
+        # Resuming L2-SP: the rebuilt w0 must be the one the run started from (a reload to predict has none).
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if self.penalty is not None and fitting and "l2sp_w0" in checkpoint:
+            self.penalty.check_same_start(checkpoint["l2sp_w0"])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from tlbench.models.stages import in_prefix, stage_of
+from tlbench.models.stages import in_prefix, stage_of, trains_ever
 from tlbench.models.strategies import Stages, StrategyError
 
 
@@ -19,13 +19,16 @@ def parameter_groups(
     weight_decay: float,
     include: Sequence[str],
     extra: Sequence[str] = (),
+    selected: Collection[str] | None = None,
 ) -> list[dict]:
-    """One optimizer group per (stage, decays?) in `include`. 1-D tensors (norm weights, biases) get no
-    weight decay: shrinking a scale or shift towards 0 is not regularisation."""
+    """One optimizer group per (stage, decays?) in `include`, of the parameters that may ever train there
+    (`selected`: the strategy's parameter selection). 1-D tensors (norm weights, biases) get no weight
+    decay: shrinking a scale or shift towards 0 is not regularisation."""
     groups: dict[tuple[str, bool], dict] = {}
     for name, param in net.named_parameters():
         stage = stage_of(name, stages)
-        if stage not in include and not any(in_prefix(name, p) for p in extra):
+        extra_param = any(in_prefix(name, p) for p in extra)
+        if not extra_param and (stage not in include or not trains_ever(name, stage, selected)):
             continue
         decays = param.ndim > 1
         group = {

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import lightning as L
 from torch import nn
 
-from tlbench.models.strategies import Stages, StrategyError
+from tlbench.models.strategies import HEAD, Stages, StrategyError
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,25 @@ def stage_of(name: str, stages: Stages) -> str:
     raise StrategyError(f"parameter {name} belongs to no stage; the backbone's stage list is incomplete")
 
 
+def trains_ever(name: str, stage: str, selected: Collection[str] | None) -> bool:
+    """Whether a parameter may train at all: the head's do, a backbone stage's where `selected` (the
+    strategy's parameter selection, selection.py) has them or there is none."""
+    return selected is None or stage == HEAD or name in selected
+
+
 def set_trainable(
-    net: nn.Module, stages: Stages, trainable: Sequence[str], extra: Sequence[str] = ()
+    net: nn.Module,
+    stages: Stages,
+    trainable: Sequence[str],
+    extra: Sequence[str] = (),
+    selected: Collection[str] | None = None,
 ) -> None:
-    """requires_grad from stage names, plus parameter prefixes in `extra` (an adapted input conv)."""
+    """requires_grad from stage names (only `selected` parameters of backbone stages, when given), plus
+    parameter prefixes in `extra` (an adapted input conv)."""
     for name, param in net.named_parameters():
-        param.requires_grad = stage_of(name, stages) in trainable or any(in_prefix(name, p) for p in extra)
+        stage = stage_of(name, stages)
+        in_stage = stage in trainable and trains_ever(name, stage, selected)
+        param.requires_grad = in_stage or any(in_prefix(name, p) for p in extra)
 
 
 def is_frozen(module: nn.Module) -> bool | None:
@@ -52,6 +65,19 @@ def count_parameters(net: nn.Module) -> tuple[int, int]:
     """(trainable, total)."""
     params = list(net.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def stored_per_task(net: nn.Module, bn_policy: str) -> int:
+    """What a task keeps beside the shared pretrained network: the parameters it trains, and the running
+    statistics of the BatchNorm layers that follow its batches while training (trainable ones, frozen ones
+    under bn=train, affine-free ones always: their statistics are the task's too)."""
+    trainable, _ = count_parameters(net)
+    statistics = 0
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            if not (is_frozen(module) is True and bn_policy == "eval"):
+                statistics += module.running_mean.numel() + module.running_var.numel()
+    return trainable + statistics
 
 
 class TrainableStageSchedule(L.Callback):

@@ -2,18 +2,24 @@
 One `Strategy` value (`Strategy.from_config`) in stage names (stem → … → head), from a row of `STRATEGIES`:
 
   freeze   a linear probe for good: the head only (feature extraction)
+  bitfit   every bias of the backbone + head (Ben Zaken et al., 2022)
+  norm     every normalisation layer's scale and shift + head
+  lora     low-rank adapters (peft) on the backbone's conv / linear layers + head (Hu et al., 2022)
+  surgical one named stage + head (Lee et al., "Surgical fine-tuning", ICLR 2023)
   partial  the last K stages + head, or a named list such as [layer3, layer4]
   gradual  head (+ train_stages) first, then one more stage from the top every `unfreeze_every` epochs
   lpft     a linear probe for `lp_epochs` epochs, then every stage (Kumar et al., 2022)
   full     every stage
-Which stages train is a function of the epoch alone, so a resumed run trains what the uninterrupted run did.
+  l2sp     every stage, pulled towards the pretrained weights by the L2-SP penalty (Li et al., ICML 2018)
+Which stages train is a function of the epoch alone, so a resumed run trains what the uninterrupted run did;
+`parameters` says which parameters of a training backbone stage train (the head always trains whole).
 No other code branches on a strategy's name; no torch here: the report reads the table too."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 
@@ -31,22 +37,74 @@ class StrategyError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """One strategy: its `Strategy` schedule fields from its config, and the keys that must not be null."""
+    """One strategy: its `Strategy` schedule fields from its config, the keys that must not be null (each
+    with an example value for the error), and the package it imports beyond the core ones (import name, the
+    pip command), which the config check asks for before anything runs."""
 
     schedule: Callable[[Mapping], dict]
-    required_keys: tuple[str, ...] = ()
+    required_keys: Mapping[str, str] = field(default_factory=dict)
+    package: tuple[str, str] | None = None
 
+
+@dataclass(frozen=True)
+class Lora:
+    """strategy=lora: peft's LoRA on the backbone's layers of `targets` types (models/peft_lora.py)."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]  # layer types: conv, linear
+
+
+@dataclass(frozen=True)
+class L2SP:
+    """strategy=l2sp: alpha/2 * ||w - w0||^2 over the backbone (w0: its starting weights) + beta/2 * ||w||^2
+    over the head, added to the loss (models/penalties.py)."""
+
+    alpha: float
+    beta: float
+
+
+def one_stage(values: Mapping) -> tuple[str]:
+    """surgical's stage: one name (which names exist is checked against the built backbone)."""
+    stage = values["train_stages"]
+    names = [stage] if isinstance(stage, str) else stage if isinstance(stage, (list, tuple)) else []
+    if len(names) != 1 or not isinstance(names[0], str) or names[0] == "all":
+        raise StrategyError(
+            f"strategy=surgical trains one named stage + the head, got strategy.train_stages={stage!r}: "
+            "name one stage, e.g. strategy.train_stages=stage1 (a wrong name lists the backbone's stages)"
+        )
+    return (names[0],)
+
+
+def lora_values(c: Mapping) -> dict:
+    targets = c["lora_targets"]
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    lora = Lora(c["lora_rank"], float(c["lora_alpha"]), float(c["lora_dropout"]), targets)
+    return {"start": "all", "parameters": "adapters", "lora": lora}
+
+
+LORA_KEYS = {"lora_rank": "8", "lora_alpha": "16", "lora_dropout": "0.0", "lora_targets": "[conv,linear]"}
+PEFT = ("peft", "pip install peft (or pip install 'tlbench[lora]')")
 
 # Least to most of the backbone trained: the order the report lists strategies in.
 STRATEGIES: dict[str, Rule] = {
     "freeze": Rule(lambda c: {"start": 0, "probe_epochs": FOREVER}),
+    "bitfit": Rule(lambda c: {"start": "all", "parameters": "biases"}),
+    "norm": Rule(lambda c: {"start": "all", "parameters": "norms"}),
+    "lora": Rule(lora_values, LORA_KEYS, PEFT),
+    "surgical": Rule(lambda c: {"start": one_stage(c)}, {"train_stages": "stage1"}),
     "partial": Rule(lambda c: {"start": 1 if c["train_stages"] is None else c["train_stages"]}),
     "gradual": Rule(
         lambda c: {"start": c["train_stages"] or 0, "unfreeze_every": c["unfreeze_every"]},
-        ("unfreeze_every",),
+        {"unfreeze_every": "1"},
     ),
-    "lpft": Rule(lambda c: {"start": "all", "probe_epochs": c["lp_epochs"]}, ("lp_epochs",)),
+    "lpft": Rule(lambda c: {"start": "all", "probe_epochs": c["lp_epochs"]}, {"lp_epochs": "1"}),
     "full": Rule(lambda c: {"start": "all"}),
+    "l2sp": Rule(
+        lambda c: {"start": "all", "l2sp": L2SP(float(c["l2sp_alpha"]), float(c["l2sp_beta"]))},
+        {"l2sp_alpha": "0.1", "l2sp_beta": "0.01"},
+    ),
 }
 
 
@@ -63,6 +121,15 @@ def with_conf_defaults(group: str, values: Mapping) -> dict:
     if unknown:
         raise StrategyError(f"unknown {group} setting(s) {unknown}; valid: {', '.join(defaults)}")
     return {**defaults, **values}
+
+
+def missing_key(settings: Mapping) -> str | None:
+    """The one line for the first key the strategy needs that is null (None when none is)."""
+    name = settings["name"]
+    for key, example in STRATEGIES[name].required_keys.items():
+        if settings.get(key) is None:
+            return f"strategy={name} needs strategy.{key}, got null: e.g. strategy.{key}={example}"
+    return None
 
 
 def backbone_stage_names(stages: Stages) -> list[str]:
@@ -85,6 +152,10 @@ class Strategy:
     start: int | str | tuple[str, ...] = 0
     probe_epochs: float = 0
     unfreeze_every: int | None = None
+    # Of a training backbone stage, which parameters train: all, biases, norms or adapters (selection.py).
+    parameters: str = "all"
+    lora: Lora | None = None
+    l2sp: L2SP | None = None
 
     @classmethod
     def from_config(cls, values: Mapping | None) -> Strategy:
@@ -95,6 +166,9 @@ class Strategy:
                 f"unknown strategy {values.get('name')!r}; choose one of: {', '.join(STRATEGIES)}"
             )
         settings = with_conf_defaults("strategy", values)
+        problem = missing_key(settings)
+        if problem:
+            raise StrategyError(problem)
         schedule = STRATEGIES[settings["name"]].schedule(settings)
         start = schedule["start"]
         if not isinstance(start, int) and start != "all":  # one stage name, or a list of them

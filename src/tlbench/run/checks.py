@@ -3,6 +3,8 @@ Beyond the schema: values that depend on each other, the files they name, the ba
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
 import re
 import sys
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tlbench.config.schema import TWO_CLASS_METRICS, ConfigError, RunConfig, parse
 from tlbench.data.sources import expand_path
 from tlbench.models.backbones import get_preset
-from tlbench.models.strategies import STRATEGIES
+from tlbench.models.strategies import STRATEGIES, missing_key
 
 
 def check_config(cfg: DictConfig) -> RunConfig:
@@ -38,11 +40,12 @@ def check_config(cfg: DictConfig) -> RunConfig:
         )
     if data.folds is not None and data.fold >= data.folds:
         raise ConfigError(f"data.fold must be between 0 and data.folds-1={data.folds - 1}, got {data.fold}")
-    for key in STRATEGIES[strategy.name].required_keys:
-        if getattr(strategy, key) is None:
-            raise ConfigError(
-                f"strategy={strategy.name} needs strategy.{key}=<epochs>, got null: e.g. strategy.{key}=1"
-            )
+    problem = missing_key(dataclasses.asdict(strategy))
+    if problem:
+        raise ConfigError(problem)
+    package = STRATEGIES[strategy.name].package
+    if package and importlib.util.find_spec(package[0]) is None:
+        raise ConfigError(f"strategy={strategy.name} needs the {package[0]} package: {package[1]}")
     check_accelerator(run.trainer.accelerator, run.trainer.devices)
     if run.tune.min_lr >= run.tune.max_lr:
         raise ConfigError(f"tune.min_lr ({run.tune.min_lr}) must be below tune.max_lr ({run.tune.max_lr})")

@@ -42,6 +42,7 @@ from tlbench.results.files import (
 )
 from tlbench.results.predictions import write_predictions
 from tlbench.run import checkpoints, folder, sweep, tune
+from tlbench.run.budget import apply_budget
 from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
@@ -111,6 +112,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     sizes, pipeline = datamodule.split_sizes(), datamodule.pipeline.name
     log.info("data: %d classes %s; images %s", datamodule.num_classes, datamodule.classes[:10], sizes)
 
+    cfg = apply_budget(cfg, run.trainer, sizes["train"], run.data.batch_size)  # trainer.budget_steps
     module = build_module(run, datamodule)
     counts = module.parameter_counts()
     names = f"{cfg.backbone.name} / {cfg.strategy.name}"
@@ -142,6 +144,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     stopping = trainer.early_stopping_callback
     trained = {
         "epochs_trained": trainer.current_epoch,
+        "optimizer_steps": trainer.global_step,
         "stopped_early": bool(stopping and stopping.stopped_epoch),
     }
 

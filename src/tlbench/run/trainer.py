@@ -24,7 +24,7 @@ log = logging.getLogger("tlbench")
 
 LOG_FOLDERS = {"tensorboard": "tb", "csv": "csv"}
 # Keys of the trainer config that are tlbench's, not Lightning Trainer arguments.
-NOT_TRAINER_ARGUMENTS = ("monitor", "early_stopping_patience")
+NOT_TRAINER_ARGUMENTS = ("monitor", "early_stopping_patience", "budget_steps", "budget_min_epochs")
 
 
 def trainer_device(options: dict[str, Any]) -> torch.device:

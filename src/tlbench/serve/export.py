@@ -48,6 +48,8 @@ def load_checkpoint(path: str | Path) -> TransferModule:
             f"{path} is not a readable tlbench checkpoint ({type(error).__name__}: {detail}); "
             "give the complete .ckpt a tlbench run writes in <run>/checkpoints/ (best.ckpt or last.ckpt)"
         ) from error
+    # LoRA adapters folded into their layers: what is predicted, exported or explained is the plain network.
+    module.merge_adapters()
     return module.eval()
 
 
