@@ -27,7 +27,13 @@ from torchmetrics.functional.classification import binary_recall, binary_specifi
 from tlbench.models.backbones import Preset, build_backbone
 from tlbench.models.optimizers import build_optimizer, build_scheduler, parameter_groups
 from tlbench.models.recipes import batch_mixing
-from tlbench.models.stages import TrainableStageSchedule, count_parameters, set_batchnorm_modes, set_trainable
+from tlbench.models.stages import (
+    TrainableStageSchedule,
+    check_stage_names,
+    count_parameters,
+    set_batchnorm_modes,
+    set_trainable,
+)
 from tlbench.models.steps import GraphedForwardBackward, resolve_cuda_graph
 from tlbench.models.strategies import Strategy, backbone_stage_names, with_conf_defaults
 
@@ -149,6 +155,7 @@ class TransferModule(L.LightningModule):
 
         built = build_backbone(num_classes=num_classes, in_chans=in_chans, **backbone)
         self.net, self.stages, self.input_conv = built.net, built.stages, built.input_conv
+        check_stage_names(self.strategy.start, self.stages, self.input_conv)  # conv1, fc: say ours
         # The preprocessing the data used (image_size may differ): a reloaded checkpoint predicts alike.
         self.preset = preset_from_dict(preset) if preset else built.preset
         self.trainable_stages: list[str] = []
