@@ -7,11 +7,13 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 FMNIST_RAW := data/FashionMNIST/raw
+HYMENOPTERA := data/hymenoptera_data
+HYMENOPTERA_ZIP := https://download.pytorch.org/tutorial/hymenoptera_data.zip
 FMNIST_MISSING := Fashion-MNIST not found: put the four *-ubyte(.gz) files (github.com/zalandoresearch/fashion-mnist, \
 data/fashion/) in $(FMNIST_RAW)/; online, tlbench.train downloads them (trying now)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-all lint deps-check format bench gpu-wheels gpu-check tensorboard clean quickstart-data
+.PHONY: help install train test test-slow test-all lint deps-check format bench gpu-wheels gpu-check tensorboard clean quickstart-data hymenoptera-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -38,6 +40,15 @@ quickstart-data: ## Fashion-MNIST for the quickstart, offline and without root: 
 	  echo "Fashion-MNIST: Debian's package unpacked into $(FMNIST_RAW)" || \
 	  echo "$(FMNIST_MISSING)"; \
 	else echo "$(FMNIST_MISSING)"; fi
+
+hymenoptera-data: ## the README's ants/bees images in data/hymenoptera_data (a copy in ../shared, else the tutorial's zip)
+	@if [ -d $(HYMENOPTERA)/train ]; then echo "hymenoptera: $(HYMENOPTERA)"; \
+	elif [ -d ../shared/data/hymenoptera/train ]; then mkdir -p data && ln -s "$$(cd ../shared/data/hymenoptera && pwd)" $(HYMENOPTERA) \
+	  && echo "hymenoptera: $(HYMENOPTERA) -> ../shared/data/hymenoptera"; \
+	else $(PYTHON) -c "import io, sys, urllib.request, zipfile; \
+	zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(sys.argv[1], timeout=30).read())).extractall('data')" \
+	  $(HYMENOPTERA_ZIP) 2>/dev/null && echo "hymenoptera: $(HYMENOPTERA) (from $(HYMENOPTERA_ZIP))" \
+	  || { echo "hymenoptera: could not download $(HYMENOPTERA_ZIP); offline, copy its train/ and val/ folders to $(HYMENOPTERA)/"; exit 1; }; fi
 
 train: install quickstart-data ## the offline quickstart: Lite0 (ImageNet weights from pip) on Fashion-MNIST, 1-channel, CPU
 	$(PY) -m tlbench.train experiment=quickstart

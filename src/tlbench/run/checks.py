@@ -20,6 +20,14 @@ from tlbench.data.sources import expand_path
 from tlbench.models.backbones import get_preset
 from tlbench.models.strategies import HEAD, STRATEGIES, Stages, Strategy, backbone_stage_names
 
+# The data the README and experiments use, by folder name: where to get it when the folder is missing.
+HYMENOPTERA = (
+    "; the ants/bees images: `make hymenoptera-data` in the repository (downloads "
+    "https://download.pytorch.org/tutorial/hymenoptera_data.zip into data/, or links "
+    "../shared/data/hymenoptera where present), or unzip that file and set data.root=<its hymenoptera_data>"
+)
+WHERE_TO_GET = {"hymenoptera_data": HYMENOPTERA, "hymenoptera": HYMENOPTERA}
+
 
 def check_config(cfg: DictConfig) -> RunConfig:
     """The typed config, or ConfigError for the first value that cannot run."""
@@ -30,9 +38,11 @@ def check_config(cfg: DictConfig) -> RunConfig:
             raise ConfigError("data=imagefolder needs data.root=<folder of class folders (or train/ val/)>")
         root = expand_path(data.root)
         if not root.is_dir():
-            shown = data.root if str(root) == data.root else f"{data.root} ({root})"
+            where = root.absolute()  # relative roots are read from the working directory: say which
+            shown = data.root if str(where) == data.root else f"{data.root} ({where})"
             raise ConfigError(
                 f"data.root={shown} does not exist (or is not a folder); point it at your images"
+                + WHERE_TO_GET.get(where.name, "")
             )
     if data.folds is None and data.fold != 0:
         raise ConfigError(
