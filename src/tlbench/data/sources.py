@@ -299,12 +299,9 @@ FASHION_MNIST_FILES = (
 
 
 def gather_fashion_mnist(root: Path) -> Path | None:
-    """Put the four files, uncompressed, where torchvision's reader looks (<root>/FashionMNIST/raw/), from
-    wherever they are: there already (`.gz` or not), in <root> itself, or in Debian's package folder.
-
-    torchvision reads only uncompressed files here; given `.gz` files it checks their md5 against the
-    originals and, as Debian repacks them, downloads instead (offline: fails). Unpacking them ourselves
-    lets any copy of the data work. Returns the folder the files came from (None: not all four found)."""
+    """The four files, uncompressed, where torchvision reads them (<root>/FashionMNIST/raw/), from there
+    (`.gz` or not), <root> or Debian's package folder: given `.gz` files, torchvision checks their md5 and, as
+    Debian repacks them, downloads (offline: fails). Returns where they came from (None: not all four)."""
     raw = root / "FashionMNIST" / "raw"
     for folder in (raw, root, DEBIAN_FASHION_MNIST):
         found = [_ubyte_file(folder, name) for name in FASHION_MNIST_FILES]
