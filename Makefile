@@ -6,9 +6,14 @@ PY := $(VENV)/bin/python
 # torch/torchvision pinned to the releases this project is tested with (CUDA builds; they run on CPU too).
 TORCH := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
+FMNIST_RAW := data/FashionMNIST/raw
+HYMENOPTERA := data/hymenoptera_data
+HYMENOPTERA_ZIP := https://download.pytorch.org/tutorial/hymenoptera_data.zip
+FMNIST_MISSING := Fashion-MNIST not found: put the four *-ubyte(.gz) files (github.com/zalandoresearch/fashion-mnist, \
+data/fashion/) in $(FMNIST_RAW)/; online, tlbench.train downloads them (trying now)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-all lint deps-check format bench gpu-wheels gpu-check tensorboard clean quickstart-data
+.PHONY: help install train test test-slow test-all lint deps-check format bench gpu-wheels gpu-check tensorboard clean quickstart-data hymenoptera-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -24,14 +29,26 @@ $(VENV)/.installed: $(PY) pyproject.toml
 
 install: $(VENV)/.installed ## build .venv with tlbench (editable), its dependencies and the offline Lite0 weights
 
-quickstart-data: ## put Fashion-MNIST where the quickstart reads it (Debian package, no internet needed)
+quickstart-data: ## Fashion-MNIST for the quickstart, offline and without root: Debian's package unpacked into data/
 	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST: $(FMNIST)"; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
-	elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then \
-	  sudo apt-get install -y -q dataset-fashion-mnist >/dev/null; \
-	elif [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then echo "Fashion-MNIST: data/FashionMNIST/raw"; \
-	else echo "Fashion-MNIST is missing: install Debian's dataset-fashion-mnist, or put the four *-ubyte files in data/FashionMNIST/raw/, or run online (torchvision downloads it)."; fi
+	elif ls $(FMNIST_RAW)/train-images-idx3-ubyte* >/dev/null 2>&1; then echo "Fashion-MNIST: $(FMNIST_RAW)"; \
+	elif command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then \
+	  tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  (cd "$$tmp" && apt-get download -q dataset-fashion-mnist >/dev/null) && \
+	  dpkg-deb -x "$$tmp"/dataset-fashion-mnist_*.deb "$$tmp/x" && mkdir -p $(FMNIST_RAW) && \
+	  cp "$$tmp"/x/usr/share/datasets/fashion-mnist/*-ubyte.gz $(FMNIST_RAW)/ && \
+	  echo "Fashion-MNIST: Debian's package unpacked into $(FMNIST_RAW)" || \
+	  echo "$(FMNIST_MISSING)"; \
+	else echo "$(FMNIST_MISSING)"; fi
+
+hymenoptera-data: ## the README's ants/bees images in data/hymenoptera_data (a copy in ../shared, else the tutorial's zip)
+	@if [ -d $(HYMENOPTERA)/train ]; then echo "hymenoptera: $(HYMENOPTERA)"; \
+	elif [ -d ../shared/data/hymenoptera/train ]; then mkdir -p data && ln -s "$$(cd ../shared/data/hymenoptera && pwd)" $(HYMENOPTERA) \
+	  && echo "hymenoptera: $(HYMENOPTERA) -> ../shared/data/hymenoptera"; \
+	else $(PYTHON) -c "import io, sys, urllib.request, zipfile; \
+	zipfile.ZipFile(io.BytesIO(urllib.request.urlopen(sys.argv[1], timeout=30).read())).extractall('data')" \
+	  $(HYMENOPTERA_ZIP) 2>/dev/null && echo "hymenoptera: $(HYMENOPTERA) (from $(HYMENOPTERA_ZIP))" \
+	  || { echo "hymenoptera: could not download $(HYMENOPTERA_ZIP); offline, copy its train/ and val/ folders to $(HYMENOPTERA)/"; exit 1; }; fi
 
 train: install quickstart-data ## the offline quickstart: Lite0 (ImageNet weights from pip) on Fashion-MNIST, 1-channel, CPU
 	$(PY) -m tlbench.train experiment=quickstart

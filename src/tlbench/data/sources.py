@@ -257,7 +257,7 @@ def torchvision_source(dataset_cls, root: Path, download: bool, how_to_get: str,
     except (RuntimeError, OSError) as error:
         raise DataError(
             f"{dataset_cls.__name__} is not in {root} and could not be downloaded "
-            f"({error.__class__.__name__}: {str(error)[:200]}). {how_to_get}"
+            f"({error.__class__.__name__}: {' '.join(str(error).split())[:200]}). {how_to_get}"
         ) from error
 
 
@@ -289,20 +289,46 @@ def cifar10_source(
     return split_arrays(train, test, val_fraction, seed, in_chans, list(train.classes))
 
 
-def install_debian_fashion_mnist(root: Path) -> bool:
-    """Copy (gunzip) the Debian package's files to where torchvision's reader looks. True if it did."""
+# The four files torchvision's FashionMNIST reads, uncompressed, from <root>/FashionMNIST/raw/.
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def gather_fashion_mnist(root: Path) -> Path | None:
+    """The four files, uncompressed, where torchvision reads them (<root>/FashionMNIST/raw/), from there
+    (`.gz` or not), <root> or Debian's package folder: given `.gz` files, torchvision checks their md5 and, as
+    Debian repacks them, downloads (offline: fails). Returns where they came from (None: not all four)."""
     raw = root / "FashionMNIST" / "raw"
-    sources = sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")) if DEBIAN_FASHION_MNIST.is_dir() else []
-    if len(sources) < 4:
-        return False
+    for folder in (raw, root, DEBIAN_FASHION_MNIST):
+        found = [_ubyte_file(folder, name) for name in FASHION_MNIST_FILES]
+        if all(found):
+            break
+    else:
+        return None
     raw.mkdir(parents=True, exist_ok=True)
-    for gz in sources:
-        target = raw / gz.name.removesuffix(".gz")
-        if not target.exists():
-            with gzip.open(gz, "rb") as src, open(target.with_suffix(".part"), "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            target.with_suffix(".part").rename(target)
-    return True
+    for name, source in zip(FASHION_MNIST_FILES, found, strict=True):
+        target = raw / name
+        if target.exists():
+            continue
+        part = raw / f"{name}.part"  # renamed when complete: an interrupted copy is never read
+        with (
+            gzip.open(source) if source.suffix == ".gz" else open(source, "rb") as src,
+            open(part, "wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst)
+        part.rename(target)
+    return folder
+
+
+def _ubyte_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def fashion_mnist_source(
@@ -312,14 +338,19 @@ def fashion_mnist_source(
 
     root = expand_path(root)
     raw = root / "FashionMNIST" / "raw"
-    if not (raw / "train-images-idx3-ubyte").exists() and install_debian_fashion_mnist(root):
-        log.info("Fashion-MNIST copied from %s to %s", DEBIAN_FASHION_MNIST, raw)
+    found_in = gather_fashion_mnist(root)
+    if found_in is not None and found_in != raw:
+        log.info("Fashion-MNIST: unpacked from %s to %s", found_in, raw)
+    names = ", ".join(f"{name}(.gz)" for name in FASHION_MNIST_FILES)
     how = (
-        "On Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` "
-        f"(files land in {DEBIAN_FASHION_MNIST} and tlbench copies them), "
-        f"or put the four *-ubyte(.gz) files in {raw}, or run once with internet."
+        "Offline, without root: `make quickstart-data` (apt-get download dataset-fashion-mnist, then "
+        f"dpkg-deb -x; or `sudo apt-get install dataset-fashion-mnist`: files in {DEBIAN_FASHION_MNIST}), "
+        f"or put {names} (Zalando's originals or Debian's repacked copies) in {raw.resolve()}; "
+        "online, data.download=true fetches them."
     )
-    train, test = torchvision_source(FashionMNIST, root, download, how)
+    if found_in is None and not download:
+        raise DataError(f"Fashion-MNIST is not in {raw.resolve()} (data.download=false). {how}")
+    train, test = torchvision_source(FashionMNIST, root, download and found_in is None, how)
     return split_arrays(train, test, val_fraction, seed, in_chans, list(train.classes))
 
 

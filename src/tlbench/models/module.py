@@ -32,6 +32,7 @@ from tlbench.models.recipes import batch_mixing
 from tlbench.models.selection import selected_parameters
 from tlbench.models.stages import (
     TrainableStageSchedule,
+    check_stage_names,
     count_parameters,
     set_batchnorm_modes,
     set_trainable,
@@ -158,6 +159,7 @@ class TransferModule(L.LightningModule):
 
         built = build_backbone(num_classes=num_classes, in_chans=in_chans, **backbone)
         self.net, self.stages, self.input_conv = built.net, built.stages, built.input_conv
+        check_stage_names(self.strategy.start, self.stages, self.input_conv)  # conv1, fc: say ours
         # strategy=lora: peft's adapters go in before anything reads the parameters (peft_lora.py).
         self.adapters = LoraAdapters(self.net.trunk, self.strategy.lora) if self.strategy.lora else None
         self.selected = selected_parameters(self.net, self.strategy.parameters)

@@ -31,6 +31,67 @@ def trains_ever(name: str, stage: str, selected: Collection[str] | None) -> bool
     return selected is None or stage == HEAD or name in selected
 
 
+# What tutorials and other code call a network's first layers and its classifier (seed 000 freezes by
+# `conv1` and `fc`): unknown stage names among these are answered with our name for that part.
+_STEM_ALIASES = ("stem", "conv1", "conv_stem", "input", "first")
+_CLASSIFIER_ALIASES = ("fc", "classifier", "head", "heads", "last_linear", "top", "linear")
+
+
+def check_stage_names(requested: object, stages: Stages, input_conv: str | None) -> None:
+    """strategy.train_stages given as names: each one a stage of this backbone, or one line mapping the
+    names it has instead (`conv1` → the stage holding it, `fc` → `head`) and the override to use."""
+    if not isinstance(requested, (tuple, list)):
+        return  # a count, or "all"
+    names = [name for name, _ in stages if name != HEAD]
+    unknown = [name for name in requested if name not in names]
+    if not unknown:
+        return
+    hints, mapped = [], []
+    for name in unknown:
+        hint, stage = _stage_hint(name, stages, input_conv)
+        hints.append(hint)
+        mapped += [s for s in ([stage] if isinstance(stage, str) else stage) if s not in mapped]
+    known = [name for name in requested if name in names]
+    suggestion = [s for s in names if s in known or s in mapped]
+    use = f" Use strategy.train_stages=[{','.join(suggestion)}]." if suggestion else ""
+    raise StrategyError(
+        f"strategy.train_stages names {', '.join(unknown)}, which this backbone does not have: "
+        f"{'; '.join(hints)}.{use} Its stages, stem to top: {', '.join(names)}, then {HEAD} (always trained)."
+    )
+
+
+def _stage_hint(name: str, stages: Stages, input_conv: str | None) -> tuple[str, list[str]]:
+    """(what `name` is called here, the stages it maps to) for a name that is not a stage."""
+    bare = name.removeprefix("net.").removeprefix("trunk.")
+    owners = [
+        stage
+        for stage, prefixes in stages
+        if any(in_prefix(f"trunk.{bare}", p) or p.startswith(f"trunk.{bare}.") for p in prefixes)
+    ]
+    if bare in _CLASSIFIER_ALIASES and (not owners or owners == [HEAD]):
+        return f"{name} is the classifier, here `{HEAD}`, which every strategy trains (leave it out)", []
+    if not owners and bare.lower() in _STEM_ALIASES:
+        owners = [stages[0][0]]
+    owners = [stage for stage in owners if stage != HEAD]
+    if not owners:
+        return f"{name} is no part of this backbone", []
+    hint = f"{name} is part of stage {', '.join(owners)}"
+    if input_conv is not None and any(
+        in_prefix(input_conv, p) for s, ps in stages if s in owners for p in ps
+    ):
+        conv = input_conv.removeprefix("trunk.")
+        hint += f" (the 1-channel input conv {conv} trains anyway with strategy.train_input_conv=true)"
+    return hint, owners
+
+
+def describe_trainable(stages: Sequence[str], extra: Sequence[str]) -> str:
+    """The log's and results' words for what trains: stage names, and an adapted input conv outside them."""
+    described = ", ".join(stages)
+    for prefix in extra:
+        described += f" + input conv {prefix.removeprefix('trunk.')} (adapted to 1 channel)"
+    return described
+
+
 def set_trainable(
     net: nn.Module,
     stages: Stages,
@@ -104,4 +165,5 @@ class TrainableStageSchedule(L.Callback):
         if target != pl_module.trainable_stages:
             newly = [s for s in target if s not in pl_module.trainable_stages]
             pl_module.set_trainable_stages(target)
-            log.info("epoch %d: training %s (newly: %s)", epoch, ", ".join(target), ", ".join(newly) or "-")
+            trains = describe_trainable(target, pl_module.extra_trainable)
+            log.info("epoch %d: training %s (newly: %s)", epoch, trains, ", ".join(newly) or "-")

