@@ -141,10 +141,14 @@ class RoundSweeper(Sweeper):
         the round), through the launcher, in batches of max_batch_size. Returns the folders (job order) and
         Hydra's job returns."""
         folders = jobdirs.assign(parent, jobs, self.excluded, name_keys)
+        if self.user_subdir():  # hydra.sweep.subdir given on the command line: the user names the folders
+            folders = [self.user_folder(job, f) for job, f in zip(jobs, folders, strict=True)]
+            batch = [list(job) for job in jobs]
+        else:
+            batch = [
+                [*job, jobdirs.subdir_override(self.sweep_dir, f)] for job, f in zip(jobs, folders, strict=True)
+            ]
         jobdirs.write_plan(self.sweep_dir, round_name, folders, jobs)
-        batch = [
-            [*job, jobdirs.subdir_override(self.sweep_dir, f)] for job, f in zip(jobs, folders, strict=True)
-        ]
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(1, len(batch))
         log.info("sweep round %r: %d jobs below %s", round_name, len(batch), parent)
         returns: list[JobReturn] = []
@@ -159,6 +163,17 @@ class RoundSweeper(Sweeper):
             if sweep.round_interrupted(folders[start : start + size]):
                 break
         return folders, returns
+
+    def user_subdir(self) -> bool:
+        given = OmegaConf.select(self.config, "hydra.overrides.hydra", default=None) or []
+        return any(str(o).split("=")[0].strip() == "hydra.sweep.subdir" for o in given)
+
+    def user_folder(self, job: Sequence[str], named: Path) -> Path:
+        """The folder the user's hydra.sweep.subdir gives this job (as ours where it needs Hydra's runtime)."""
+        try:
+            return self.sweep_dir / str(self.job_config(job).hydra.sweep.subdir)
+        except Exception:  # noqa: BLE001 - e.g. ${hydra.job.num}: only known once the job runs
+            return named
 
     def stopped(self, folders: Sequence[Path]) -> bool:
         """Whether a signal interrupted the round that ran in `folders`: then no further round starts."""
