@@ -123,7 +123,7 @@ def test_recorder_collects_what_the_network_saw_during_fit_and_test(tmp_path):
 
 
 def test_two_class_figures_decide_at_the_saved_threshold_and_say_so(tmp_path, monkeypatch):
-    from tlbench.models.module import BinaryDecision
+    from tlbench.models.decision import BinaryDecision
     from tlbench.run import figures
 
     drawn = {}

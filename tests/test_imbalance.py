@@ -23,7 +23,8 @@ from conftest import (
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.data.sources import TEST_CARVED, TEST_IS_VAL
 from tlbench.models.backbones import Preset
-from tlbench.models.module import TransferModule, decide, youden_threshold
+from tlbench.models.decision import decide, youden_threshold
+from tlbench.models.module import TransferModule
 from tlbench.run.train import compose_config, train
 from tlbench.serve.export import load_checkpoint, serving_metadata
 from tlbench.serve.predict import load_model, predict

@@ -15,7 +15,7 @@ from PIL import Image
 
 from tlbench.analysis.fonts import any_script
 from tlbench.data.preset import denormalize
-from tlbench.models.module import BinaryDecision
+from tlbench.models.decision import BinaryDecision
 
 FIGURES_DIR = "figures"
 # Counts stay readable inside the cells up to about this many classes.

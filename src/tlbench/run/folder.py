@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from tlbench.results.files import (
     CLAIM_FILE,
+    ERROR_FILE,
     INTERRUPTED_FILE,
     RESULTS_FILE,
     claim_holder,
@@ -328,3 +329,20 @@ def record_interrupted(run_dir: str | Path, signum: int) -> Path:
         where = f"{last.relative_to(run_dir)} holds epoch {position[0]}, step {position[1]}: "
         where += "run the same command again to continue"
     return write_atomic(run_dir / INTERRUPTED_FILE, f"interrupted by {name} at {when}; {where}\n")
+
+
+def is_first_process() -> bool:
+    """False on a DDP run's extra ranks, which re-run this entry point: only the first claims the folder."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in ranks)
+
+
+def discard_unprepared(run_dir: Path, job_name: str) -> bool:
+    """A single run refused before its folder was prepared (no run_config.json) leaves nothing worth keeping
+    in the folder Hydra made for it: remove it when it holds only `.hydra/`, the job log, the claim and
+    error.txt, so a mistyped command leaves no empty run behind. True if it was removed."""
+    leftovers = {".hydra", f"{job_name}.log", CLAIM_FILE, ERROR_FILE}
+    if not is_first_process() or any(path.name not in leftovers for path in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True

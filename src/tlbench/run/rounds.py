@@ -146,7 +146,8 @@ class RoundSweeper(Sweeper):
             batch = [list(job) for job in jobs]
         else:
             batch = [
-                [*job, jobdirs.subdir_override(self.sweep_dir, f)] for job, f in zip(jobs, folders, strict=True)
+                [*job, jobdirs.subdir_override(self.sweep_dir, f)]
+                for job, f in zip(jobs, folders, strict=True)
             ]
         jobdirs.write_plan(self.sweep_dir, round_name, folders, jobs)
         size = self.max_batch_size if self.max_batch_size and self.max_batch_size > 0 else max(1, len(batch))
@@ -169,7 +170,7 @@ class RoundSweeper(Sweeper):
         return any(str(o).split("=")[0].strip() == "hydra.sweep.subdir" for o in given)
 
     def user_folder(self, job: Sequence[str], named: Path) -> Path:
-        """The folder the user's hydra.sweep.subdir gives this job (as ours where it needs Hydra's runtime)."""
+        """The folder the user's hydra.sweep.subdir gives this job (ours where it needs Hydra's runtime)."""
         try:
             return self.sweep_dir / str(self.job_config(job).hydra.sweep.subdir)
         except Exception:  # noqa: BLE001 - e.g. ${hydra.job.num}: only known once the job runs

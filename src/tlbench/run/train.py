@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import shutil
 import signal
 import sys
 import time
@@ -34,8 +32,6 @@ from tlbench.models.module import TransferModule
 from tlbench.models.stages import describe_trainable
 from tlbench.models.steps import resolve_cuda_graph
 from tlbench.results.files import (
-    CLAIM_FILE,
-    ERROR_FILE,
     RESULTS_FILE,
     read_results,
     versions,
@@ -280,12 +276,6 @@ def preflight(cfg: DictConfig, run_dir: Path) -> None:
         folder.check_writable(path)
 
 
-def is_first_process() -> bool:
-    """False on a DDP run's extra ranks, which re-run this entry point: only the first claims the folder."""
-    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
-    return all(os.environ.get(name, "0") == "0" for name in ranks)
-
-
 def excluded_keys() -> list[str]:
     """Settings that do not change a result (train.yaml's override_dirname.exclude_keys)."""
     if HydraConfig.initialized():
@@ -309,17 +299,6 @@ def prepare_folder(cfg: DictConfig, run_dir: Path) -> dict | None:
             log.info("force=true: the previous outputs of %s are now in %s", run_dir, moved)
     folder.save_config(run_dir, config)
     return None
-
-
-def discard_unprepared(run_dir: Path, hydra_cfg: DictConfig) -> bool:
-    """A single run refused before its folder was prepared (no run_config.json) leaves nothing worth keeping
-    in the folder Hydra made for it: remove it when it holds only `.hydra/`, the job log, the claim and
-    error.txt, so a mistyped command leaves no empty run behind. True if it was removed."""
-    leftovers = {".hydra", f"{hydra_cfg.job.name}.log", CLAIM_FILE, ERROR_FILE}
-    if not is_first_process() or any(path.name not in leftovers for path in run_dir.iterdir()):
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
 
 
 def record_signal(run_dir: Path, signum: int) -> folder.RunInterrupted:
@@ -349,7 +328,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         # sweep, which stops the running jobs and ends its workers (stopping.py); dying here would break it.
         for signum in folder.SignalGuard.HANDLED:
             signal.signal(signum, signal.SIG_IGN)
-    claim = folder.claimed(run_dir) if is_first_process() else contextlib.nullcontext()
+    claim = folder.claimed(run_dir) if folder.is_first_process() else contextlib.nullcontext()
     try:
         # The guard before the claim: the sweep signals the jobs that hold a claim, from the first moment.
         with folder.SignalGuard() as guard, claim:
@@ -381,7 +360,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, guard: folder
             preflight(cfg, run_dir)
             print("\n" + tune.summary_line(find_lr(cfg, run_dir), run_dir))
             return None
-        done = prepare_folder(cfg, run_dir) if is_first_process() else None
+        done = prepare_folder(cfg, run_dir) if folder.is_first_process() else None
         if done is not None:
             log.info(
                 "skipping: %s already holds a complete %s (force=true re-runs it)", run_dir, RESULTS_FILE
@@ -403,7 +382,9 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, guard: folder
             log.error("run failed (%s: %s); %s", type(error).__name__, error, where)
             return None
         if is_user_error(error):
-            removed = discard_unprepared(run_dir, hydra_cfg)  # a refused command leaves no folder behind
+            removed = folder.discard_unprepared(
+                run_dir, hydra_cfg.job.name
+            )  # a refused command leaves no folder behind
             print(f"\nerror: {error}" + ("" if removed else f"\n({where})"), file=sys.stderr)
             sys.exit(1)
         raise

@@ -29,7 +29,8 @@ from tlbench.data.images import BadImageError, read_image
 from tlbench.data.preset import Preset, eval_transform
 from tlbench.data.sources import IMAGE_EXTENSIONS, image_files
 from tlbench.models.backbones import build_imagenet_classifier
-from tlbench.models.module import TransferModule, decide
+from tlbench.models.decision import decide
+from tlbench.models.module import TransferModule
 from tlbench.models.weights import ZERO_SHOT_WAYS_OUT, WeightsUnavailableError
 from tlbench.serve.export import check_writable_folder, load_checkpoint
 
