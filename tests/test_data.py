@@ -251,6 +251,7 @@ def test_hymenoptera_loads_with_its_palette_gif():
     assert dm.pipeline.datasets["train"][gif][0].shape == (3, 32, 32)
 
 
+@pytest.mark.slow  # kept out of make test's time budget (make test-slow, CI)
 def test_prepare_data_after_setup_does_not_load_the_dataset_again(tmp_path, monkeypatch):
     if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed")

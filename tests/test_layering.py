@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 IMPORT_ALL = """
 import importlib, pkgutil, tlbench
 for m in pkgutil.walk_packages(tlbench.__path__, "tlbench."):
@@ -47,6 +49,7 @@ def test_serving_a_checkpoint_imports_neither_the_data_pipelines_nor_hydra():
     assert run_python(code) == "[]"
 
 
+@pytest.mark.slow  # kept out of make test's time budget (make test-slow, CI)
 def test_importing_a_module_registers_nothing_and_sets_no_environment_or_warning_filter():
     third_party = run_python(
         IMPORT_ALL

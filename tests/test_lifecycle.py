@@ -98,6 +98,7 @@ def csv_epochs(run_dir: Path, column: str = "val/acc") -> list[int]:
     # A Python process of its own each; SIGTERM (what schedulers send) in `make test`, SIGINT in test-all.
     [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
 )
+@pytest.mark.slow  # kept out of make test's time budget (make test-slow, CI)
 def test_a_signal_saves_a_checkpoint_exits_128_plus_n_and_the_same_command_continues(
     signum, status, tmp_path, cli
 ):

@@ -234,7 +234,8 @@ def test_surgical_trains_one_named_stage_and_the_head():
     [
         (
             "layer1",
-            r"strategy.train_stages names \['layer1'\].*its stages, stem to top: stem, stage1, stage2",
+            r"strategy.train_stages names layer1, which this backbone does not have"
+            r".*Its stages, stem to top: stem, stage1, stage2",
         ),
         (["stage1", "stage2"], r"strategy=surgical trains one named stage \+ the head"),
         (2, r"strategy=surgical trains one named stage"),

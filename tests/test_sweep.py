@@ -77,6 +77,7 @@ def results_mtimes(sweep_dir: Path) -> dict[str, int]:
     return {d.name: (d / "results.json").stat().st_mtime_ns for d in run_dirs(sweep_dir)}
 
 
+@pytest.mark.slow  # kept out of make test's time budget (make test-slow, CI)
 def test_sweep_reports_mean_and_std_and_a_rerun_does_only_what_is_not_done(workdir: Path, multirun):
     command = ("strategy=freeze,partial", "seed=0,1")
     sweep_dir = workdir / "sweep"
@@ -229,6 +230,7 @@ def test_joblib_jobs_run_side_by_side_one_gpu_each(workdir: Path):
     assert sorted(line.split()[-1] for line in pinned) == ["0", "1"]  # two workers, one GPU each
 
 
+@pytest.mark.slow  # kept out of make test's time budget (make test-slow, CI)
 def test_job_folders_name_what_varies_and_an_extended_sweep_skips_what_is_done(workdir: Path, multirun):
     absolute = f"data.root={workdir / 'images'}"  # the path a user types: never spelled into folder names
     sweep_dir = workdir / "sweep"

@@ -33,15 +33,23 @@ def frozen_and_warning(images: Path, *overrides: str) -> tuple[list[str], str]:
 def test_every_strategy_that_freezes_random_stages_warns(images, strategy):
     frozen, warning = frozen_and_warning(images, f"strategy={strategy}")
     trained_at_start = Strategy.from_config({"name": strategy}).stages_at(BACKBONE, 0)
-    assert frozen == [stage for stage in BACKBONE if stage not in trained_at_start]
-    assert bool(warning) == bool(frozen)
-    assert (strategy == "full") == (not frozen)  # the table: every strategy but full freezes a part at first
+    selective = Strategy.from_config({"name": strategy}).parameters != "all"  # bitfit, norm, lora
+    assert frozen == [stage for stage in BACKBONE if stage not in trained_at_start or selective]
+    pulls_to_start = Strategy.from_config({"name": strategy}).l2sp is not None
+    assert bool(warning) == (bool(frozen) or pulls_to_start)
+    # the table: every strategy but full and l2sp freezes a part (or all but a selection) at first
+    assert (strategy in ("full", "l2sp")) == (not frozen)
+    if pulls_to_start:
+        assert "random" in warning and "backbone.checkpoint=" in warning and "\n" not in warning
+        return
     if warning:
         assert "\n" not in warning and f"strategy={strategy}" in warning and "randomly initialised" in warning
         assert "backbone.checkpoint=" in warning and "strategy=full" in warning
         assert ", ".join(frozen) in warning
         # freeze and partial keep them frozen; gradual and lpft unfreeze them later
-        unfrozen_later = Strategy.from_config({"name": strategy}).stages_at(BACKBONE, 9) != trained_at_start
+        unfrozen_later = not selective and Strategy.from_config({"name": strategy}).stages_at(
+            BACKBONE, 9
+        ) != (trained_at_start)
         assert ("start frozen" if unfrozen_later else "stay frozen") in warning
 
 

@@ -206,12 +206,22 @@ def frozen_random_stages(
     if run.backbone.weights or run.backbone.checkpoint:
         return [], ""
     at_start = strategy.stages_at(backbone, 0)
-    frozen = [stage for stage in backbone if stage not in at_start]
+    # bitfit, norm, lora: a training stage keeps its (random) weights, only a selection of them trains.
+    selective = strategy.parameters != "all"
+    frozen = [stage for stage in backbone if stage not in at_start or selective]
+    if strategy.l2sp and not frozen:  # nothing frozen, but the penalty pulls towards the random start
+        return [], (
+            f"backbone.weights=null: strategy={strategy.name} pulls every weight towards its starting value, "
+            "which is random here (plain L2 towards noise); load pretrained weights (backbone.checkpoint="
+            "/path/to/weights.pth, or backbone.weights=DEFAULT online) or use strategy=full"
+        )
     if not frozen:
         return [], ""
     at_end = strategy.stages_at(backbone, run.trainer.max_epochs - 1)
-    how_long = "stay frozen" if all(stage not in at_end for stage in frozen) else "start frozen"
+    how_long = "stay frozen" if selective or all(s not in at_end for s in frozen) else "start frozen"
     trained = ", ".join(s for s in at_start if s != HEAD) or "only the head"
+    if selective:
+        trained = f"only the {strategy.parameters} of {trained}"
     return frozen, (
         f"backbone.weights=null: stages {', '.join(frozen)} {how_long} (strategy={strategy.name}; "
         f"training {trained}{'' if trained == 'only the head' else ' + head'}) but are randomly initialised, "
