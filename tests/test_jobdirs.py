@@ -79,7 +79,9 @@ def test_two_settings_never_share_a_folder(tmp_path: Path):
 
 def test_one_job_and_odd_values_give_one_safe_path_component(tmp_path: Path):
     [alone] = jobdirs.assign(tmp_path, [job("strategy=freeze")], EXCLUDED)
-    assert alone.parent == tmp_path and alone.name == "run"
+    assert alone.parent == tmp_path and alone.name == "strategy=freeze"  # what names a run, alone
+    [bare] = jobdirs.assign(tmp_path / "other", [["optim.weight_decay=0.1"]], EXCLUDED)
+    assert bare.name == "run"
     jobs = [job("strategy.train_stages=[stage3,stage4]"), job("data.root='/a b/${x}'")]
     for folder in jobdirs.assign(tmp_path, jobs, EXCLUDED):
         assert folder.parent == tmp_path and "/" not in folder.name and "$" not in folder.name

@@ -69,6 +69,16 @@ def varying_keys(jobs: Sequence[Sequence[str]], excluded: Collection[str]) -> li
     return [k for k in keys if len({s.get(k) for s in settings}) > 1 and bare_key(k) not in excluded]
 
 
+# Where nothing varies (a sweep of one job, `-m seed=0`), the keys that still say which run it is, so
+# extending that sweep later (`seed=0,1,2`) gives folders named alike (seed=0, seed=1, seed=2).
+NAMED_ALONE = ("strategy", "backbone", "data.per_class", "seed")
+
+
+def named_alone(jobs: Sequence[Sequence[str]]) -> list[str]:
+    given = {split(o)[0] for job in jobs for o in job}
+    return [key for key in NAMED_ALONE if key in given]
+
+
 def safe(name: str) -> str:
     """One readable path component of at most MAX_NAME bytes; a long one keeps its start and a hash."""
     name = UNSAFE.sub("_", name).strip(".") or "run"
@@ -108,7 +118,7 @@ def assign(
     existing = existing_jobs(parent, excluded)
     taken: dict[str, frozenset[str] | None] = {p.name: None for p in parent.glob("*") if p.is_dir()}
     taken |= {folder.name: ident for ident, folder in existing.items()}
-    keys = list(keys) if keys is not None else varying_keys(jobs, excluded)
+    keys = list(keys) if keys is not None else varying_keys(jobs, excluded) or named_alone(jobs)
     folders = []
     for job in jobs:
         ident = identity(job, excluded)
