@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,35 +186,65 @@ class Ran:
     stderr: str
 
 
+def run_entry(main, name: str, args: tuple[str, ...], capsys, monkeypatch) -> Ran:
+    """`python -m <name> <args>` through `main` in this process: the same Hydra parsing, exit status and
+    messages, the tlbench log caught (Hydra would configure logging for the whole test process)."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setattr(sys, "argv", [name, *args, "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    log, text = logging.getLogger("tlbench"), io.StringIO()
+    handler, level = logging.StreamHandler(text), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    capsys.readouterr()
+    try:
+        main()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    out, err = capsys.readouterr()
+    return Ran(status, out + text.getvalue(), err)
+
+
 @pytest.fixture
 def cli(capsys, monkeypatch):
-    """`python -m tlbench.train <args>` run in this process — the same Hydra parsing, entry point, exit
-    status and messages, without a new interpreter's imports (seconds each). A subprocess stays for what only
-    a subprocess shows: signals."""
+    """`python -m tlbench.train <args>` run in this process — without a new interpreter's imports (seconds
+    each). A subprocess stays for what only a subprocess shows: signals."""
     from tlbench.run import train as entry
 
     def run(*args: str, cwd: Path | None = None) -> Ran:
         if cwd is not None:
             monkeypatch.chdir(cwd)
-        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-        # Hydra would configure logging for the whole test process; the tlbench log is caught here instead.
-        monkeypatch.setattr(
-            sys, "argv", ["tlbench.train", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"]
-        )
-        log, text = logging.getLogger("tlbench"), io.StringIO()
-        handler, level = logging.StreamHandler(text), log.level
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        capsys.readouterr()
-        try:
-            entry.main()
-            status = 0
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-        finally:
-            log.removeHandler(handler)
-            log.setLevel(level)
-        out, err = capsys.readouterr()
-        return Ran(status, out + text.getvalue(), err)
+        return run_entry(entry.main, "tlbench.train", args, capsys, monkeypatch)
 
     return run
+
+
+def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`python -m tlbench.train <args>` as a child process (CPU only), for tests that signal it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlbench.train", *args],
+        cwd=cwd,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No network and empty weight caches under tmp_path, as on a fresh machine without internet."""
+    import socket
+
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path

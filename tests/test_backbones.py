@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-import socket
 import sys
 import time
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import safetensors.torch
 import timm
@@ -261,19 +259,6 @@ def test_unknown_weights_tag_lists_the_valid_ones() -> None:
         build_backbone("resnet50", NUM_CLASSES, weights="IMAGENET1K_V9")
     with pytest.raises(ValueError, match="imagenet"):
         build_backbone("efficientnet_lite0", NUM_CLASSES, weights="DEFAULT_V2")
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No network and empty weight caches under tmp_path, as on a fresh machine without internet."""
-
-    def no_network(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path
 
 
 def test_offline_torchvision_weights_fail_fast_with_ways_out(offline: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_image_folder, small
+from conftest import make_image_folder, small, start_train
 from tlbench.run import folder, stopping
 
 # Long enough for a machine 8x slower than a 2-core laptop under load; a test ends as soon as its event comes.
@@ -30,17 +30,6 @@ LAUNCHERS = {
     "joblib": ["hydra/launcher=gpus", "hydra.launcher.n_jobs=2"],
     "submitit": ["hydra/launcher=local"],
 }
-
-
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tlbench.train", *args],
-        cwd=cwd,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": ""},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def finish(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -95,7 +84,7 @@ def test_sigterm_stops_every_job_of_a_sweep_and_the_same_command_continues(launc
     stamp = finished.stat().st_mtime_ns
     args = ["-m", *common, "seed=0,1,2"]
 
-    process = start(args, tmp_path)
+    process = start_train(args, tmp_path)
     deadline = time.monotonic() + PATIENCE_S
     while not list(sweep_dir.glob("*seed=[12]*/checkpoints/last.ckpt")):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]

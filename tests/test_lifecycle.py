@@ -11,14 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_image_folder, small, train_until_killed
+from conftest import make_image_folder, small, start_train, train_until_killed
 from tlbench.analysis import report
 from tlbench.run import folder
 from tlbench.run.train import compose_config, prepare_folder, train
@@ -77,17 +76,6 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = PATIENCE_S)
         time.sleep(0.02)
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tlbench.train", *args],
-        cwd=cwd,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": ""},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def csv_epochs(run_dir: Path, column: str = "val/acc") -> list[int]:
     with (run_dir / "csv" / "metrics.csv").open(newline="") as handle:
         return sorted(int(row["epoch"]) for row in csv.DictReader(handle) if row.get(column))
@@ -114,7 +102,7 @@ def test_a_signal_saves_a_checkpoint_exits_128_plus_n_and_the_same_command_conti
         "logger=csv",
         f"hydra.run.dir={run_dir}",
     ]
-    process = start(args, tmp_path)
+    process = start_train(args, tmp_path)
     wait_for(run_dir / "checkpoints" / "last.ckpt", process)  # epoch 0 done: training is under way
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=PATIENCE_S)
@@ -149,7 +137,7 @@ def test_sigterm_stops_a_sweep_and_its_report_lists_what_did_not_finish(tmp_path
         "seed=0,1,2",
         "hydra.sweep.dir=sweep",
     ]
-    process = start(args, tmp_path)
+    process = start_train(args, tmp_path)
     sweep_dir = tmp_path / "sweep"
     deadline = time.monotonic() + PATIENCE_S
     while not list(sweep_dir.glob("*/checkpoints/last.ckpt")):

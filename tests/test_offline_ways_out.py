@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import pickle
-import socket
-from pathlib import Path
 
-import huggingface_hub
 import pytest
 
 from conftest import make_image_folder, small
@@ -15,17 +12,6 @@ from tlbench.models.weights import WeightsUnavailableError
 from tlbench.serve.predict import load_zero_shot, main
 
 TRAINING_OVERRIDES = ("backbone.checkpoint=", "backbone.weights=null")
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> Path:
-    def no_network(*args, **kwargs):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "timm/resnet18"])

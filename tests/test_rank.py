@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import pytest
 import timm
 import torch
 
-from conftest import TINY, data_config, make_image_folder
+from conftest import TINY, data_config, make_image_folder, run_entry
 from tlbench.config.schema import ConfigError
 from tlbench.data.datamodule import ImageDataModule
 from tlbench.data.preset import Preset
@@ -27,23 +24,8 @@ def rank_cli(capsys, monkeypatch):
     """`python -m tlbench.rank <args>` in this process (as conftest's `cli` does for tlbench.train)."""
 
     def run(*args: str) -> tuple[int, str, str]:
-        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-        monkeypatch.setattr(
-            sys, "argv", ["tlbench.rank", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"]
-        )
-        log, text = logging.getLogger("tlbench"), io.StringIO()
-        handler = logging.StreamHandler(text)
-        log.addHandler(handler)
-        capsys.readouterr()
-        try:
-            rank_module.main()
-            status = 0
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-        finally:
-            log.removeHandler(handler)
-        out, err = capsys.readouterr()
-        return status, out + text.getvalue(), err
+        ran = run_entry(rank_module.main, "tlbench.rank", args, capsys, monkeypatch)
+        return ran.returncode, ran.stdout, ran.stderr
 
     return run
 
