@@ -213,6 +213,21 @@ def test_lr_find_sweeps_the_head_rate_with_the_backbone_at_its_ratio(generated, 
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+def test_lr_find_reports_the_rates_a_scaled_strategy_trains_at(generated, tmp_path):
+    """strategy.lr_scale multiplies both rates: the configured rates are the scaled ones, and the suggested
+    override resets the scale, else applying it would scale the suggestion a second time."""
+    overrides = (
+        "strategy=partial",
+        "strategy.head_lr=1e-2",
+        "strategy.backbone_lr=1e-3",
+        "strategy.lr_scale=3",
+    )
+    found = find_lr(compose_config(quick(generated, *overrides, "tune.num_training=20")), tmp_path / "run")
+    assert found["configured"] == pytest.approx({"head_lr": 3e-2, "backbone_lr": 3e-3})
+    assert found["suggestion"]["backbone_lr"] == pytest.approx(found["suggestion"]["head_lr"] / 10)
+    assert found["override"].endswith(" strategy.lr_scale=1")
+
+
 def test_lr_find_settings_are_checked(generated, tmp_path):
     with pytest.raises(ValueError, match=r"tune\.num_training must be a whole number ≥ 20"):
         find_lr(compose_config(quick(generated, "tune.num_training=5")), tmp_path / "run")

@@ -181,3 +181,49 @@ def test_the_pareto_legend_names_only_what_is_drawn(tmp_path: Path, full_wall_ti
     assert {t.get_text() for t in shown.get_texts()} == legend
     drawn_lines = [line for ax in figure.axes for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert bool(drawn_lines) == ("frontier of the panel" in legend)
+
+
+@pytest.mark.parametrize(
+    ("mode", "task", "expected"),
+    [
+        # fair: the same command, its seed list grown; the chosen rates come from the finished tuning round.
+        (
+            "fair",
+            "[sweep=fair, 'strategy=freeze,full', data.per_class=50]",
+            "python -m tlbench.train -m sweep=fair strategy=freeze,full data.per_class=50 "
+            "'hydra.sweeper.tune.params.strategy.lr_scale=\"0.2,5\"' seed=0,1,2,3",
+        ),
+        # race without a seed list: a higher max_seeds, racing spends them where the verdict is open.
+        (
+            "race",
+            "[sweep=race, 'strategy=freeze,full']",
+            "python -m tlbench.train -m sweep=race strategy=freeze,full "
+            "'hydra.sweeper.tune.params.strategy.lr_scale=\"0.2,5\"' hydra.sweeper.race.max_seeds=7",
+        ),
+        # race over the user's own seeds: the list grows and so does the maximum.
+        (
+            "race",
+            "[sweep=race, 'strategy=freeze,full', 'seed=10,11', hydra.sweeper.race.max_seeds=2]",
+            "python -m tlbench.train -m sweep=race strategy=freeze,full "
+            "'hydra.sweeper.tune.params.strategy.lr_scale=\"0.2,5\"' seed=10,11,0,1,2,3,4 "
+            "hydra.sweeper.race.max_seeds=7",
+        ),
+    ],
+)
+def test_the_command_to_add_seeds_reruns_a_fair_or_race_sweep_as_itself(
+    tmp_path: Path, mode: str, task: str, expected: str
+):
+    """A fair or race sweep's runs carry their chosen rate or their racing round, not the grid the user
+    typed: the suggestion re-runs the sweep's own command (finished runs skip), never the runs' overrides."""
+    from tlbench.analysis.caveats import add_seeds_command
+
+    root = sweep(tmp_path / "sweep", {"freeze": [CLEAR], "full": [CLOSE]}, ())
+    params = "{strategy: 'freeze,partial,full', seed: '0,1,2'}" if mode == "fair" else "{strategy: 'a,b'}"
+    (root / "multirun.yaml").write_text(  # as the presets write it: sweep=race lists no seeds
+        f"hydra:\n  sweeper: {{mode: {mode}, params: {params}, race: {{max_seeds: 6}}}}\n"
+        f"  overrides:\n    task: {task}\n"
+        "    hydra: ['hydra.sweeper.tune.params.strategy.lr_scale=\"0.2,5\"', hydra.mode=MULTIRUN,"
+        f" hydra.sweep.dir={root}]\n"
+    )
+    seeds = 4 if mode == "fair" else 7
+    assert add_seeds_command(report.find_runs(root), seeds) == f"{expected} hydra.sweep.dir={root}"

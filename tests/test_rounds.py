@@ -286,6 +286,29 @@ def test_racing_adds_seeds_only_where_the_verdict_is_undecided(tmp_path: Path):
     assert sorted(p.parent.name for p in sweep_dir.glob("*/results.json")) == runs
 
 
+def test_a_race_stopped_in_a_later_round_continues_where_it_stopped(tmp_path: Path, monkeypatch):
+    """A signal in round 2 (partial's third seed): no further round starts; the same command again runs
+    only that job and the rounds after it, and ends with the runs of an uninterrupted race."""
+    race = {"initial_seeds": 2, "max_seeds": 6, "step": 1}
+    monkeypatch.setenv("FAKE_INTERRUPT", "strategy=partial,seed=2")
+    stopped = fake_sweeper(tmp_path, "race", RACE, race=race)
+    stopped.sweep([])
+    sweep_dir = stopped.sweep_dir
+    assert len(stopped.launcher.calls) == 8  # rounds 1 (6 jobs) and 2 (partial and full), nothing after
+    assert not (sweep_dir / "strategy=partial,seed=2" / "results.json").exists()
+
+    monkeypatch.delenv("FAKE_INTERRUPT")
+    (sweep_dir / "strategy=partial,seed=2" / "interrupted.txt").unlink()  # a restart does
+    again = fake_sweeper(tmp_path, "race", RACE, race=race)
+    again.sweep([])
+    ran_twice = [name for name in again.launcher.calls if name in stopped.launcher.calls]
+    finished_before = {n for n in stopped.launcher.calls if (sweep_dir / n / "results.json").exists()}
+    assert set(ran_twice) - {"strategy=partial,seed=2"} <= finished_before  # replayed from disk, skipped
+    runs = sorted(p.parent.name for p in sweep_dir.glob("*/results.json"))
+    count = {s: sum(r.startswith(f"strategy={s},") for r in runs) for s in ("freeze", "partial", "full")}
+    assert count == {"freeze": 2, "partial": 4, "full": 4}  # as in the race that was never stopped
+
+
 def test_racing_stops_where_more_seeds_cannot_separate_within_the_maximum(tmp_path: Path):
     sweeper = fake_sweeper(tmp_path, "race", RACE, race={"initial_seeds": 2, "max_seeds": 4, "step": 1})
     sweeper.sweep([])  # two seeds say ~5 are needed

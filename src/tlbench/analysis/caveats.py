@@ -12,6 +12,8 @@ from tlbench.analysis.verdict import GroupVerdict
 
 SEED_KEY = "seed"
 STRATEGY_KEY = "strategy"
+FAIR, RACE = "fair", "race"  # hydra.sweeper.mode values whose rounds a plain grid would not rebuild
+RACE_MAX_SEEDS = "hydra.sweeper.race.max_seeds"
 SWEEP_CONFIG = "multirun.yaml"  # Hydra writes it into a sweep folder: there re-running skips finished runs
 ONE_SEED_TO = (
     3  # seeds to suggest after one: the fewest that give a between-seed SD on two degrees of freedom
@@ -48,10 +50,49 @@ def values_by_key(overrides: list[list[str]]) -> dict[str, list[str]]:
     return values
 
 
+def sweeper_command(found: Found, seeds: int) -> str | None:
+    """For a sweep the tlbench sweeper ran as fair or race: the same command again, with more seeds where
+    that mode takes them (fair: the `seed=` list, run at each strategy's chosen values; race: a higher
+    hydra.sweeper.race.max_seeds, so racing decides again where to spend them). None for other sweeps: their
+    runs' own overrides rebuild the grid (add_seeds_command)."""
+    path = found.root / SWEEP_CONFIG
+    if not path.exists():
+        return None
+    import yaml  # PyYAML comes with OmegaConf
+
+    hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra") or {}
+    sweeper = hydra.get("sweeper") or {}
+    mode = sweeper.get("mode")
+    if mode not in (FAIR, RACE):
+        return None
+    given = hydra.get("overrides") or {}
+    mine = ("hydra.sweep.dir=", "hydra.mode=", f"{SEED_KEY}=", f"{RACE_MAX_SEEDS}=")
+    words = [str(o) for o in given.get("task") or [] if not str(o).startswith(mine)]
+    words += [str(o) for o in given.get("hydra") or [] if not str(o).startswith(mine)]
+    listed = next(
+        (str(o).partition("=")[2] for o in given.get("task") or [] if str(o).startswith(f"{SEED_KEY}=")),
+        str((sweeper.get("params") or {}).get(SEED_KEY) or ""),
+    )
+    pool = [int(v) for v in listed.split(",") if v.strip().lstrip("-").isdigit()]
+    if pool or mode == FAIR:  # racing without a seed list draws 0 … max_seeds−1 itself
+        candidate = 0
+        while len(pool) < seeds:
+            pool += [candidate] if candidate not in pool else []
+            candidate += 1
+        words.append(f"{SEED_KEY}={','.join(map(str, pool))}")
+    if mode == RACE:
+        most = int((sweeper.get("race") or {}).get("max_seeds") or 0)
+        words.append(f"{RACE_MAX_SEEDS}={max(seeds, most)}")
+    words.append(f"hydra.sweep.dir={found.root}")
+    return " ".join(["python -m tlbench.train -m", *map(shlex.quote, words)])
+
+
 def add_seeds_command(found: Found, seeds: int) -> str:
     """The multirun that brings these runs to `seeds` seeds with every strategy: the runs' own overrides,
     each key with the values its runs used, and only the seeds still to run (a seed run without a `seed=`
     override has no seed in its folder name: naming it again would run it twice)."""
+    if (same_sweep := sweeper_command(found, seeds)) is not None:
+        return same_sweep
     values = values_by_key(run_overrides(found))
     overridden = {int(v) for v in values.pop(SEED_KEY, []) if v.isdigit()}
     if STRATEGY_KEY not in values:  # runs started without overrides (the Python API): their strategies

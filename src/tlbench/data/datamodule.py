@@ -34,6 +34,7 @@ from tlbench.data.sources import (
     per_class_subset,
     split_by_fold,
 )
+from tlbench.results.files import write_atomic
 
 log = logging.getLogger(__name__)
 # data.val_per_class=auto validates on at least this many images: accuracy's standard error ≤ 1.6 points.
@@ -269,7 +270,7 @@ class ImageDataModule(L.LightningDataModule):
             "items": [item if isinstance(item, str) else list(item) for item in split.items],
             "targets": split.targets,
         }
-        (self.run_dir / name).write_text(json.dumps(record))
+        write_atomic(self.run_dir / name, json.dumps(record))  # a kill mid-write leaves the old record
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()

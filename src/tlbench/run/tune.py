@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateFinder
 
 from tlbench.models.recipes import RecipeError
+from tlbench.results.files import write_atomic
 
 log = logging.getLogger(__name__)
 LR_FIND_FILE = "lr_find.json"
@@ -60,7 +61,9 @@ def find_learning_rate(
     """Run the range test with the run's own module and data; write and return the suggestion."""
     if trainer_options.get("fast_dev_run"):
         raise RecipeError("tune.lr_find=true needs real steps: leave trainer.fast_dev_run=false")
-    head_lr, backbone_lr = strategy["head_lr"], strategy["backbone_lr"]
+    # The rates the run trains at: strategy.lr_scale multiplies both (models/strategies.py).
+    scale = float(strategy.get("lr_scale") or 1.0)
+    head_lr, backbone_lr = strategy["head_lr"] * scale, strategy["backbone_lr"] * scale
     finder = GroupRatioLRFinder(
         head_lr,
         min_lr=tune["min_lr"],
@@ -91,7 +94,9 @@ def find_learning_rate(
     head, backbone = suggestion, suggestion * backbone_lr / head_lr
     found = {
         "suggestion": {"head_lr": head, "backbone_lr": backbone},
-        "override": f"strategy.head_lr={head:.3g} strategy.backbone_lr={backbone:.3g}",
+        # absolute rates: with a scale left in place they would be scaled a second time
+        "override": f"strategy.head_lr={head:.3g} strategy.backbone_lr={backbone:.3g}"
+        + (" strategy.lr_scale=1" if scale != 1.0 else ""),
         "configured": {"head_lr": head_lr, "backbone_lr": backbone_lr},
         "swept": "head_lr; every parameter group kept at its configured ratio to it",
         "min_lr": tune["min_lr"],
@@ -100,10 +105,10 @@ def find_learning_rate(
         "lr": [float(v) for v in results["lr"]],
         "loss": [float(v) for v in results["loss"]],
     }
-    (run_dir / LR_FIND_FILE).write_text(json.dumps(found, indent=2))
+    write_atomic(run_dir / LR_FIND_FILE, json.dumps(found, indent=2))
     figure = finder.optimal_lr.plot(suggest=True)
     figure.axes[0].set_xlabel("head learning rate (other groups at their configured ratio)")
-    figure.savefig(run_dir / LR_FIND_PLOT, dpi=100)
+    write_atomic(run_dir / LR_FIND_PLOT, lambda f: figure.savefig(f, format="png", dpi=100))
     plt.close(figure)
     return found
 
