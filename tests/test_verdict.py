@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from tlbench.analysis import verdict
-from tlbench.analysis.verdict import Comparison, Sample, compare, crossing, holm, judge, seeds_needed
+from tlbench.analysis.crossings import crossing
+from tlbench.analysis.verdict import Comparison, Sample, compare, holm, judge, seeds_needed
 from tlbench.results.predictions import read_predictions, write_predictions
 
 ITEMS = [f"img_{i:03d}.jpg" for i in range(100)]
@@ -183,3 +184,33 @@ def test_no_crossing_says_who_leads():
     c = crossing([10, 100], [comparison(-0.2), comparison(-0.1)])
     assert (c.a, c.at) == ("freeze", None)
     assert c.text.startswith("freeze is ahead of full at every size")
+
+
+def with_interval(diff: float, half_width: float) -> Comparison:
+    return Comparison("full", "freeze", diff, diff - half_width, diff + half_width, None, "test", [0, 1])
+
+
+def test_a_crossing_is_claimed_only_where_the_intervals_show_both_leads():
+    shown = crossing([10, 1000], [with_interval(-0.1, 0.05), with_interval(0.1, 0.05)])
+    assert "full overtakes freeze from about 100 images/class" in shown.text
+    # The means cross, but at 1000 images/class the interval includes 0: no overtaking is claimed.
+    unclear = crossing([10, 1000], [with_interval(-0.1, 0.05), with_interval(0.01, 0.03)])
+    assert unclear.at is not None and "overtakes" not in unclear.text
+    assert (
+        "cross at about" in unclear.text and "at 1000 images/class their interval includes 0" in unclear.text
+    )
+    before = crossing([10, 1000], [with_interval(-0.01, 0.05), with_interval(0.1, 0.05)])
+    assert "overtakes" not in before.text and "at 10 images/class their interval includes 0" in before.text
+
+
+def test_a_higher_mean_at_every_size_is_a_lead_only_where_its_interval_excludes_zero():
+    everywhere = crossing([50, 300], [with_interval(0.1, 0.05), with_interval(0.2, 0.05)])
+    assert everywhere.text.startswith("full is ahead of freeze at every size")
+    nowhere = crossing([50, 300], [with_interval(0.003, 0.02), with_interval(0.001, 0.02)])
+    assert (
+        nowhere.text.startswith("full and freeze are told apart at no size") and "ahead" not in nowhere.text
+    )
+    some = crossing([50, 300], [with_interval(0.003, 0.02), with_interval(0.05, 0.02)])
+    assert some.text.startswith(
+        "full's mean is the higher at every size, told apart at 300 images/class only"
+    )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tlbench.analysis import ensemble, verdict
+from tlbench.analysis import crossings, ensemble, verdict
 from tlbench.analysis.collect import ALL, Run
 from tlbench.analysis.markdown import md, table
 from tlbench.models.strategies import STRATEGIES
@@ -201,7 +201,7 @@ def oriented(decision: verdict.GroupVerdict, a: str, b: str) -> verdict.Comparis
     return None
 
 
-def find_crossings(decisions: list[verdict.GroupVerdict]) -> list[tuple[tuple[str, str], verdict.Crossing]]:
+def find_crossings(decisions: list[verdict.GroupVerdict]) -> list[tuple[tuple[str, str], crossings.Crossing]]:
     """Per data × backbone with two or more data sizes: for every pair of strategies, where one overtakes."""
     curves: dict[tuple[str, str], list[verdict.GroupVerdict]] = {}
     for d in decisions:
@@ -215,7 +215,7 @@ def find_crossings(decisions: list[verdict.GroupVerdict]) -> list[tuple[tuple[st
         for a, b in combinations(labels, 2):
             points = [(d.context[2], c) for d in members if (c := oriented(d, a, b)) is not None]
             if len(points) >= 2 and all(not math.isnan(c.diff) for _, c in points):
-                found.append((key, verdict.crossing([n for n, _ in points], [c for _, c in points])))
+                found.append((key, crossings.crossing([n for n, _ in points], [c for _, c in points])))
     return found
 
 
@@ -248,7 +248,7 @@ class Analysis:
     groups: list[Group]
     predictions: dict[Path, Predictions | None]
     verdicts: list[verdict.GroupVerdict]
-    crossings: list[tuple[tuple[str, str], verdict.Crossing]]
+    crossings: list[tuple[tuple[str, str], crossings.Crossing]]
     pareto: list[tuple[Group, list[str]]]
     ensembles: list[ensemble.Ensemble]
 
