@@ -227,6 +227,21 @@ def test_fair_tunes_each_strategy_on_validation_then_compares_at_its_rate(tmp_pa
     assert sorted(p.parent.name for p in sweep_dir.glob("*/results.json")) == compared
 
 
+def test_the_tuning_figure_has_a_panel_per_setting_and_a_line_per_strategy(tmp_path: Path):
+    """Strategies are compared within one data size (or backbone): a panel each, the strategy's colour
+    the same in every panel, so 10 strategies × 2 sizes stay readable."""
+    from matplotlib import pyplot as plt
+
+    params = {"strategy": "freeze,partial", "data.per_class": "50,300", "seed": "0"}
+    sweeper = fake_sweeper(tmp_path, "fair", params, tune=TUNE)
+    sweeper.sweep([])
+    cells = [c.name for c in tuning.read_plan(sweeper.sweep_dir)]
+    panels = {tuning.panel_and_line(c) for c in tuning.read_plan(sweeper.sweep_dir)}
+    assert panels == {(f"data.per_class={n}", s) for n in (50, 300) for s in ("freeze", "partial")}, cells
+    figure = plt.imread(tuning.plot(sweeper.sweep_dir, tmp_path))
+    assert figure.shape[1] > 1.5 * figure.shape[0]  # two panels side by side
+
+
 def test_a_per_strategy_value_is_tried_only_where_it_changes_something(tmp_path: Path):
     tune = {"params": {"strategy": {"lr_scale": "0.5,2", "bn": "eval,train"}}}
     sweeper = fake_sweeper(tmp_path, "fair", {"strategy": "freeze,lpft,full", "seed": "0"}, tune=tune)

@@ -21,6 +21,7 @@ from tlbench.results.files import read_results, write_atomic
 
 TUNE_DIR = "tune"
 LR_SCALE = "strategy.lr_scale"
+STRATEGY = "strategy"
 
 
 @dataclass
@@ -216,40 +217,71 @@ def section(sweep_dir: Path) -> list[str]:
     return lines
 
 
+def panel_and_line(cell: Cell) -> tuple[str, str]:
+    """(the panel: what the cell sets besides its strategy, e.g. `data.per_class=50`; the line: its
+    strategy), so that each panel compares strategies under the same other settings."""
+    varied = cell.name.split(",")  # the name holds only what varies between cells (key=value, ...)
+    strategy = next((o.partition("=")[2] for o in varied if o.startswith(f"{STRATEGY}=")), None)
+    rest = ",".join(o for o in varied if not o.startswith(f"{STRATEGY}="))
+    return (rest or "all", strategy) if strategy else ("all", cell.name)
+
+
 def plot(sweep_dir: Path, out_dir: Path) -> Path | None:
-    """tuning.png: per cell (and per non-numeric tuned value) the validation score against the head's rate."""
+    """tuning.png: one panel per setting besides the strategy (data size, backbone, ...), one line per
+    strategy (and per non-numeric tuned value) of the validation score against the head's rate; a strategy
+    keeps its colour in every panel."""
     cells = read_plan(sweep_dir)
     if not cells:
         return None
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     choices = decide(sweep_dir, cells)
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    panels = list(dict.fromkeys(panel_and_line(c.cell)[0] for c in choices))
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(4.2 * columns + 2.2, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    styles: dict[str, tuple] = {}  # line label -> (colour, dash): 10 colours, then dashed, then dotted
+    palette = colormaps["tab10"].colors
     for choice in choices:
+        panel, strategy = panel_and_line(choice.cell)
+        ax = axes[panels.index(panel)]
         lines: dict[str, list[tuple[float, float]]] = {}
         other_of: dict[str, dict[str, str]] = {}
         for s in choice.scored:
             if s.head_lr is None or s.score is None or math.isnan(s.score):
                 continue
             other = {k: v for k, v in s.candidate.setting.items() if number(v) is None}
-            label = choice.cell.name + (f" ({fmt_setting(other)})" if other else "")
+            label = strategy + (f" ({fmt_setting(other)})" if other else "")
             lines.setdefault(label, []).append((s.head_lr, s.score))
             other_of[label] = other
         for label, points in lines.items():
+            n = styles.setdefault(label, (len(styles) % 10, len(styles) // 10))
+            colour, dash = palette[n[0]], ["-", "--", ":"][min(n[1], 2)]
             xs, ys = zip(*sorted(points), strict=True)
-            (line,) = ax.plot(xs, ys, marker="o", label=label)
+            ax.plot(xs, ys, marker="o", color=colour, linestyle=dash, label=label)
             best = next((s for s in choice.scored if s.candidate is choice.chosen), None)
             chosen_other = {
                 k: v for k, v in (best.candidate.setting if best else {}).items() if number(v) is None
             }
             if best and best.head_lr in xs and chosen_other == other_of[label]:
-                ax.plot([best.head_lr], [best.score], marker="*", markersize=14, color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_xlabel("head learning rate (strategy.head_lr × strategy.lr_scale); ★ chosen")
+                ax.plot([best.head_lr], [best.score], marker="*", markersize=14, color=colour)
     monitor = next((c.monitor for c in choices if c.monitor), "validation metric")
-    ax.set_ylabel(f"best {monitor} (validation)")
-    ax.legend(fontsize="small")
+    for ax, panel in zip(axes, panels, strict=False):
+        ax.set_xscale("log")
+        ax.set_title(panel, fontsize="medium")
+        ax.set_xlabel("head learning rate (head_lr × lr_scale)")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes[0].set_ylabel(f"best {monitor} (validation)")
+    handles, labels = {}, {}
+    for ax in axes[: len(panels)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+            labels[label] = label
+    fig.legend(list(handles.values()), list(labels), loc="outside right upper", fontsize="small")
+    fig.suptitle("Tuning on the validation split; ★ the value each strategy keeps", fontsize="medium")
     path = out_dir / "tuning.png"
     fig.savefig(path, dpi=110)
     return path
