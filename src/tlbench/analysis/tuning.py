@@ -275,12 +275,11 @@ def plot(sweep_dir: Path, out_dir: Path) -> Path | None:
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].set_ylabel(f"best {monitor} (validation)")
-    handles, labels = {}, {}
+    handles: dict[str, Any] = {}  # one legend entry per line label, whichever panel drew it first
     for ax in axes[: len(panels)]:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-            labels[label] = label
-    fig.legend(list(handles.values()), list(labels), loc="outside right upper", fontsize="small")
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize="small")
     fig.suptitle("Tuning on the validation split; ★ the value each strategy keeps", fontsize="medium")
     path = out_dir / "tuning.png"
     fig.savefig(path, dpi=110)
