@@ -1,6 +1,6 @@
 """benchmarks/STRATEGIES.md's measured part, copied from a `sweep=fair` folder's own report (summary.md) so
-that no number is typed by hand: its results table, verdict, ensemble, tuning and cost sections, and its
-figures into benchmarks/strategies/.
+that no number is typed by hand: its results table, verdict, ensemble and tuning sections, and its figures
+into benchmarks/strategies/.
 
 python benchmarks/strategies_table.py /tmp/sb/ref > /tmp/measured.md
 """
@@ -33,9 +33,8 @@ def main(sweep: Path) -> None:
     figures = HERE / "strategies"
     figures.mkdir(exist_ok=True)
     for name in FIGURES:
-        source = sweep / name if name != "tuning.png" else next(sweep.glob("**/tuning.png"), sweep / name)
-        if source.exists():
-            shutil.copyfile(source, figures / name)
+        if (sweep / name).exists():  # the report writes every figure into the sweep folder itself
+            shutil.copyfile(sweep / name, figures / name)
     print(sections((sweep / "summary.md").read_text(), SECTIONS))
 
 
